@@ -1,0 +1,178 @@
+"""Settings: `config.toml` -> typed, frozen, validated structs.
+
+Every setting is declared once, here, with its default. msgspec refuses unknown keys,
+wrong types and out-of-range values, and its messages name the path of the key
+("Expected `int` >= 1 - at `$.limits.max_connections`"), which `load` prefixes with
+the file name so a bad config is one readable line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+Seconds = Annotated[float, Meta(gt=0, le=86_400)]
+FileMode = Annotated[int, Meta(ge=0, le=0o777)]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message is one line, for the user."""
+
+
+class Listener(Struct, frozen=True, forbid_unknown_fields=True):
+    """One public listener for subscribers: a TCP address or a Unix socket path."""
+
+    # "HOST:PORT"; port 0 picks a free port (tests read it back from /stats).
+    tcp: str = ""
+    unix: str = ""
+    # Unix socket listeners are usually nginx's upstream; 0o666 lets nginx's worker
+    # user connect. Tighten it with a group if the host has other local users.
+    unix_mode: FileMode = 0o666
+    # Only a trusted listener may carry the identity header (see [auth]): put nginx,
+    # which sets it after authenticating, on a trusted listener and nothing else.
+    trusted: bool = False
+
+
+class Control(Struct, frozen=True, forbid_unknown_fields=True):
+    """The publishers' HTTP API on a local Unix socket."""
+
+    socket: str = "./run/fanout.sock"
+    socket_mode: FileMode = 0o600
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+
+
+class Auth(Struct, frozen=True, forbid_unknown_fields=True):
+    # "none": every connection is anonymous. "header": the user is the value of
+    # `header`, honoured only on trusted listeners.
+    mode: Literal["none", "header"] = "none"
+    header: str = "X-Fanout-User"
+    allow_anonymous: bool = True
+
+
+class Limits(Struct, frozen=True, forbid_unknown_fields=True):
+    # One process holds about 19,900 sockets under a 20,000 open-files limit.
+    max_connections: PositiveInt = 19_000
+    max_connections_per_user: PositiveInt = 8
+    per_user_policy: Literal["reject", "evict-oldest"] = "reject"
+    retry_after_s: Annotated[int, Meta(ge=1, le=3600)] = 5
+    # A subscriber whose kernel and transport buffers hold more than this is
+    # disconnected: it resumes with Last-Event-ID instead of growing our memory.
+    max_buffered_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024
+    max_topics_per_connection: Annotated[int, Meta(ge=1, le=1024)] = 32
+    # 8 KiB, as nginx's large_client_header_buffers default line size.
+    max_header_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024)] = 8 * 1024
+    header_timeout_s: Seconds = 10.0
+
+
+class Stream(Struct, frozen=True, forbid_unknown_fields=True):
+    # Below nginx's default proxy_read_timeout (60 s) with a wide margin.
+    heartbeat_interval_s: Seconds = 15.0
+    # The reconnect delay EventSource is told to use (the `retry:` field).
+    retry_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 3000
+    # 0 writes at the end of each loop iteration; a few ms gathers more events
+    # into each write at high publish rates, at the cost of that much latency.
+    flush_interval_ms: Annotated[float, Meta(ge=0, le=1000)] = 0.0
+    # On shutdown each stream is told to retry after a random delay up to this,
+    # so thousands of clients do not reconnect in the same instant.
+    shutdown_retry_spread_ms: Annotated[int, Meta(ge=0, le=600_000)] = 5000
+    # After this, streams whose peers stopped reading are cut and the daemon exits.
+    shutdown_timeout_s: Annotated[float, Meta(ge=0, le=600)] = 10.0
+
+
+class Replay(Struct, frozen=True, forbid_unknown_fields=True):
+    max_events_per_topic: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
+    max_age_s: Seconds = 300.0
+    # Budget for all retained frames together; the oldest go first when it is hit.
+    max_bytes_total: Annotated[int, Meta(ge=0)] = 64 * 1024 * 1024
+    # Topics (fnmatch patterns) whose latest event a new subscriber gets at once.
+    latest_value_topics: list[str] = msgspec.field(default_factory=list)
+
+
+class Log(Struct, frozen=True, forbid_unknown_fields=True):
+    level: LogLevel = "info"
+
+
+def _default_listeners() -> list[Listener]:
+    return [Listener(tcp="127.0.0.1:8080")]
+
+
+class Config(Struct, frozen=True, forbid_unknown_fields=True):
+    listener: list[Listener] = msgspec.field(default_factory=_default_listeners)
+    control: Control = msgspec.field(default_factory=Control)
+    auth: Auth = msgspec.field(default_factory=Auth)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    stream: Stream = msgspec.field(default_factory=Stream)
+    replay: Replay = msgspec.field(default_factory=Replay)
+    log: Log = msgspec.field(default_factory=Log)
+
+
+def parse_tcp(address: str) -> tuple[str, int]:
+    """ "127.0.0.1:8080" / "[::1]:8080" -> (host, port); raises ValueError."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def _check(config: Config) -> None:
+    """Cross-field rules that msgspec constraints cannot express."""
+    if not config.listener:
+        raise ValueError("at least one [[listener]] is required - at `$.listener`")
+    for i, listener in enumerate(config.listener):
+        where = f"`$.listener[{i}]`"
+        if bool(listener.tcp) == bool(listener.unix):
+            raise ValueError(f"set exactly one of `tcp` or `unix` - at {where}")
+        if listener.tcp:
+            try:
+                parse_tcp(listener.tcp)
+            except ValueError as exc:
+                raise ValueError(f"{exc} - at {where}.tcp") from None
+    if not config.control.socket:
+        raise ValueError("a control socket path is required - at `$.control.socket`")
+    if config.auth.mode == "header":
+        if not config.auth.header:
+            raise ValueError("a header name is required - at `$.auth.header`")
+        if not any(listener.trusted for listener in config.listener):
+            raise ValueError(
+                'auth.mode = "header" needs a listener with trusted = true - at `$.listener`'
+            )
+    if config.auth.mode == "none" and not config.auth.allow_anonymous:
+        raise ValueError(
+            'auth.mode = "none" makes every connection anonymous - at `$.auth.allow_anonymous`'
+        )
+
+
+def from_mapping(data: object) -> Config:
+    """Validate an already-parsed mapping (raises ValueError naming the key)."""
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    _check(config)
+    return config
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file; every failure is one ConfigError line."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return from_mapping(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

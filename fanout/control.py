@@ -1,0 +1,223 @@
+"""The publishers' HTTP API on the control Unix socket (h11, keep-alive).
+
+Every rejected request gets a 4xx with a JSON body saying what is wrong, and
+publishes nothing: bodies are decoded and validated whole before the hub is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import h11
+import orjson
+
+from .hub import Hub
+from .names import is_user
+from .publish import NDJSON_TYPES, BadRequest, decode_event, decode_publish, media_type
+
+log = logging.getLogger("fanout.control")
+
+MAX_HEADER_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    allow: str = ""
+
+
+def _json(status: int, value: Any) -> Answer:
+    return Answer(status, orjson.dumps(value) + b"\n")
+
+
+def _error(status: int, message: str, allow: str = "") -> Answer:
+    return Answer(status, orjson.dumps({"error": message}) + b"\n", allow=allow)
+
+
+class ControlApi:
+    """Routing and handlers; no I/O, so it can be called from tests directly."""
+
+    def __init__(self, hub: Hub, info: Callable[[], dict[str, Any]]) -> None:
+        self._hub = hub
+        self._info = info
+        self._routes: dict[str, tuple[str, Callable[[str, str, bytes], Answer]]] = {
+            "/publish": ("POST", self._publish),
+            "/broadcast": ("POST", self._broadcast),
+            "/notify/": ("POST", self._notify),
+            "/send/": ("POST", self._send),
+            "/stats": ("GET", self._stats),
+            "/healthz": ("GET", self._healthz),
+        }
+
+    def handle(self, method: str, target: str, content_type: str, body: bytes) -> Answer:
+        path = urlsplit(target).path
+        prefix = path if path in self._routes else path[: path.find("/", 1) + 1]
+        route = self._routes.get(prefix) if prefix else None
+        if route is None or (prefix.endswith("/") and prefix == path):
+            return _error(404, f"no such endpoint: {path}")
+        allowed, handler = route
+        if method != allowed and not (allowed == "GET" and method == "HEAD"):
+            return _error(405, f"{path} takes {allowed}", allow=allowed)
+        try:
+            return handler(unquote(path[len(prefix) :]), content_type, body)
+        except BadRequest as exc:
+            return _error(exc.status, str(exc))
+
+    def _publish(self, _: str, content_type: str, body: bytes) -> Answer:
+        publications = decode_publish(body, content_type)
+        hub = self._hub
+        if media_type(content_type) not in NDJSON_TYPES:
+            p = publications[0]
+            d = hub.publish(p.topic, p.event, p.payload, p.user)
+            return _json(200, {"id": d.id, "sent": d.sent})
+        deliveries = [hub.publish(p.topic, p.event, p.payload, p.user) for p in publications]
+        return _json(
+            200,
+            {
+                "published": len(deliveries),
+                "ids": [d.id for d in deliveries],
+                "sent": [d.sent for d in deliveries],
+            },
+        )
+
+    def _broadcast(self, _: str, content_type: str, body: bytes) -> Answer:
+        p = decode_event(body, content_type)
+        d = self._hub.broadcast(p.event, p.payload)
+        return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+
+    def _notify(self, user: str, content_type: str, body: bytes) -> Answer:
+        if not is_user(user):
+            raise BadRequest(f"invalid user {user[:80]!r}")
+        p = decode_event(body, content_type)
+        d = self._hub.notify(user, p.event, p.payload)
+        return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+
+    def _send(self, connection: str, content_type: str, body: bytes) -> Answer:
+        p = decode_event(body, content_type)
+        d = self._hub.send(connection, p.event, p.payload)
+        if d is None:
+            return _error(404, f"no open connection with id {connection[:80]!r}")
+        return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+
+    def _stats(self, _: str, __: str, ___: bytes) -> Answer:
+        hub = self._hub
+        return _json(200, {**self._info(), **hub.counts(), **hub.stats.as_dict()})
+
+    def _healthz(self, _: str, __: str, ___: bytes) -> Answer:
+        if self._hub.draining:
+            return _json(503, {"status": "draining"})
+        return _json(200, {"status": "ok"})
+
+
+class ControlProtocol(asyncio.Protocol):
+    def __init__(self, api: ControlApi, max_body_bytes: int) -> None:
+        self._api = api
+        self._max_body = max_body_bytes
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self._transport: asyncio.Transport | None = None
+        self._request: h11.Request | None = None
+        self._body = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._conn.receive_data(b"")
+        self._process()
+        return False
+
+    def _process(self) -> None:
+        conn = self._conn
+        while self._transport is not None and not self._transport.is_closing():
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(exc.error_status_hint, f"malformed request: {exc}")
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                    continue
+                return
+            if isinstance(event, h11.Request):
+                self._start(event)
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > self._max_body:
+                    self._too_large()
+            elif isinstance(event, h11.EndOfMessage):
+                self._finish()
+            elif isinstance(event, h11.ConnectionClosed):
+                self._transport.close()
+                return
+
+    def _start(self, request: h11.Request) -> None:
+        self._request = request
+        self._body = bytearray()
+        for name, value in request.headers:
+            if name == b"content-length" and int(value) > self._max_body:
+                self._too_large()
+                return
+
+    def _too_large(self) -> None:
+        self._body = bytearray()
+        self._fail(413, f"request body larger than {self._max_body} bytes (control.max_body_bytes)")
+
+    def _finish(self) -> None:
+        request = self._request
+        assert request is not None
+        content_type = ""
+        for name, value in request.headers:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+        answer = self._api.handle(
+            request.method.decode("ascii"),
+            request.target.decode("ascii", "replace"),
+            content_type,
+            bytes(self._body),
+        )
+        self._body = bytearray()
+        self._send(answer, close=False)
+
+    def _fail(self, status: int, message: str) -> None:
+        if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self._send(_error(status, message), close=True)
+        assert self._transport is not None
+        self._transport.close()
+
+    def _send(self, answer: Answer, close: bool) -> None:
+        headers = [
+            ("Content-Type", answer.content_type),
+            ("Content-Length", str(len(answer.body))),
+        ]
+        if answer.allow:
+            headers.append(("Allow", answer.allow))
+        if close:
+            headers.append(("Connection", "close"))
+        conn = self._conn
+        data = conn.send(h11.Response(status_code=answer.status, headers=headers))
+        assert data is not None
+        if self._request is None or self._request.method != b"HEAD":
+            data += conn.send(h11.Data(data=answer.body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        assert self._transport is not None
+        self._transport.write(data)
+        if conn.our_state is h11.MUST_CLOSE:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None

@@ -1,0 +1,523 @@
+"""The hub: channels, subscribers, users; publish = encode once, write many.
+
+A channel is a topic, a user (their notifications) or the broadcast channel. It
+holds its subscribers' transports, split by body framing so that the write loop
+never branches per subscriber, and a replay ring.
+
+Publishes are queued and flushed once per loop iteration (or per `flush_interval`):
+consecutive frames for the same channel go out as one write per subscriber. The
+queue is flushed in publish order, so every connection receives its events in id
+order, which is what makes Last-Event-ID resumption exact.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from . import sse
+from .config import Limits, Replay, Stream
+from .ids import IdProblem, format_id, parse_id
+from .replay import Entry, Ring, Store
+from .stats import Stats
+
+log = logging.getLogger("fanout.hub")
+
+# Pruned channels remember their last evicted seq so a client resuming on them is
+# told when it missed something; past this many, only a floor is remembered.
+MAX_TOMBSTONES = 65_536
+
+
+class Transport(Protocol):
+    def write(self, data: bytes, /) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+class Subscriber:
+    __slots__ = (
+        "active",
+        "channels",
+        "chunked",
+        "id",
+        "last_write",
+        "serial",
+        "topics",
+        "transport",
+        "user",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        serial: int,
+        transport: Transport,
+        chunked: bool,
+        user: str | None,
+        topics: frozenset[str],
+    ) -> None:
+        self.id = id
+        self.serial = serial  # connection order: evict-oldest picks the lowest
+        self.transport = transport
+        self.chunked = chunked
+        self.user = user
+        self.topics = topics
+        self.channels: list[Channel] = []
+        self.last_write = 0.0  # writes aimed at this connection alone
+        self.active = True
+
+    def last_activity(self) -> float:
+        """When an event was last written here: a heartbeat is due only after silence."""
+        latest = self.last_write
+        for channel in self.channels:
+            if channel.last_write > latest:
+                latest = channel.last_write
+        return latest
+
+
+class Group:
+    """Subscribers picked for one event (a user's connections on a topic, one connection)."""
+
+    __slots__ = ("chunked", "last_write", "raw")
+
+    def __init__(self, subs: list[Subscriber]) -> None:
+        self.chunked: dict[Transport, Subscriber] = {s.transport: s for s in subs if s.chunked}
+        self.raw: dict[Transport, Subscriber] = {s.transport: s for s in subs if not s.chunked}
+        self.last_write = 0.0
+
+    def count(self) -> int:
+        return len(self.chunked) + len(self.raw)
+
+
+class Channel(Ring):
+    __slots__ = ("chunked", "last_write", "raw")
+
+    def __init__(self, key: tuple[str, str], evicted_max: int = 0) -> None:
+        super().__init__(key, evicted_max)
+        self.chunked: dict[Transport, Subscriber] = {}
+        self.raw: dict[Transport, Subscriber] = {}
+        self.last_write = 0.0
+
+    def count(self) -> int:
+        return len(self.chunked) + len(self.raw)
+
+    def add(self, sub: Subscriber) -> None:
+        (self.chunked if sub.chunked else self.raw)[sub.transport] = sub
+
+    def discard(self, sub: Subscriber) -> None:
+        (self.chunked if sub.chunked else self.raw).pop(sub.transport, None)
+
+    def subscribers(self) -> list[Subscriber]:
+        return [*self.chunked.values(), *self.raw.values()]
+
+    def idle(self) -> bool:
+        return not self.chunked and not self.raw and not self.entries and self.latest is None
+
+
+Target = Channel | Group
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    sent: int
+    total: int
+
+
+class Hub:
+    def __init__(
+        self,
+        *,
+        epoch: str,
+        limits: Limits,
+        stream: Stream,
+        replay: Replay,
+        clock: Callable[[], float],
+        schedule_flush: Callable[[Callable[[], None]], object],
+        stats: Stats | None = None,
+    ) -> None:
+        self.epoch = epoch
+        self.head = 0  # seq of the last event published
+        self.stats = stats if stats is not None else Stats()
+        self._clock = clock
+        self._schedule_flush = schedule_flush
+        self._limits = limits
+        self._stream = stream
+        self._latest_patterns = tuple(replay.latest_value_topics)
+        self._topics: dict[str, Channel] = {}
+        self._users: dict[str, Channel] = {}
+        self._all = Channel(("all", ""))
+        self._subs: dict[str, Subscriber] = {}
+        self._serial = 0
+        self._pending: list[tuple[sse.Frame, Target]] = []
+        self._flush_scheduled = False
+        self._tombstones: dict[tuple[str, str], int] = {}
+        self._forgotten_floor = 0
+        self.draining = False
+        self.store = Store(
+            replay.max_events_per_topic,
+            replay.max_age_s,
+            replay.max_bytes_total,
+            self._on_ring_emptied,
+        )
+        self._retry = sse.encode_retry(stream.retry_ms)
+
+    # -- reading ------------------------------------------------------------
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        return self._limits.max_buffered_bytes
+
+    @property
+    def connections(self) -> int:
+        return len(self._subs)
+
+    def user_connections(self, user: str) -> int:
+        channel = self._users.get(user)
+        return channel.count() if channel is not None else 0
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "connections": len(self._subs),
+            "users": sum(1 for ch in self._users.values() if ch.count()),
+            "topics": sum(1 for ch in self._topics.values() if ch.count()),
+            "topics_retained": len(self._topics),
+            "retained_events": self.store.count,
+            "retained_bytes": self.store.bytes,
+            "last_id": format_id(self.epoch, self.head),
+        }
+
+    # -- connections ----------------------------------------------------------
+
+    def refusal(self, user: str | None) -> Refusal | None:
+        """Why a new connection for `user` cannot be admitted now, or None."""
+        if self.draining:
+            return Refusal(503, "shutting down", self._retry_after())
+        limits = self._limits
+        user_full = (
+            user is not None and self.user_connections(user) >= limits.max_connections_per_user
+        )
+        if user_full and limits.per_user_policy == "reject":
+            return Refusal(
+                429,
+                f"too many connections for this user (at most {limits.max_connections_per_user})",
+                self._retry_after(),
+            )
+        # Evicting the user's oldest connection frees the slot the new one takes.
+        if len(self._subs) >= limits.max_connections and not user_full:
+            return Refusal(503, "server full", self._retry_after())
+        return None
+
+    def _retry_after(self) -> tuple[tuple[str, str], ...]:
+        return (("Retry-After", str(self._limits.retry_after_s)),)
+
+    def new_subscriber(
+        self, transport: Transport, chunked: bool, user: str | None, topics: frozenset[str]
+    ) -> Subscriber:
+        self._serial += 1
+        return Subscriber(
+            f"{self.epoch}.{self._serial}", self._serial, transport, chunked, user, topics
+        )
+
+    def open(self, sub: Subscriber, last_event_id: str | None) -> bytes:
+        """Register a subscriber; returns the first bytes of its stream (after the head)."""
+        # Frames still queued were published before this connection existed: they
+        # are in the rings already, and delivering them again would duplicate them.
+        self.flush()
+        channels = [self._topic(t) for t in sorted(sub.topics)]
+        channels.append(self._all)
+        if sub.user is not None:
+            user_channel = self._user(sub.user)
+            limit = self._limits.max_connections_per_user
+            while user_channel.count() >= limit:
+                oldest = min(user_channel.subscribers(), key=lambda s: s.serial)
+                self.evict(oldest, "evicted: this user opened a newer connection")
+            channels.append(user_channel)
+        sub.channels = channels
+        for channel in channels:
+            channel.add(sub)
+        self._subs[sub.id] = sub
+        return self._opening(sub, last_event_id)
+
+    def close(self, sub: Subscriber) -> None:
+        """Unregister; idempotent (a dropped subscriber's transport reports later)."""
+        if not sub.active:
+            return
+        sub.active = False
+        del self._subs[sub.id]
+        for channel in sub.channels:
+            channel.discard(sub)
+            if channel.idle() and channel is not self._all:
+                self._prune(channel)
+
+    def evict(self, sub: Subscriber, reason: str) -> None:
+        """Close with a final `evicted` event saying why (per-user evict-oldest)."""
+        body = sse.encode_event(orjson.dumps({"reason": reason}), event="evicted")
+        self.stats.evicted += 1
+        log.info("evicted connection %s of user %r: %s", sub.id, sub.user, reason)
+        self._finish(sub, body)
+
+    def drop_slow(self, sub: Subscriber) -> None:
+        self.stats.dropped_slow += 1
+        log.debug("dropped slow subscriber %s (buffer over limit)", sub.id)
+        self.close(sub)
+        sub.transport.abort()
+
+    def shutdown(self) -> int:
+        """End every stream with a jittered `retry:` hint; returns how many were open."""
+        self.flush()
+        self.draining = True
+        base = self._stream.retry_ms
+        spread = self._stream.shutdown_retry_spread_ms
+        subs = list(self._subs.values())
+        for sub in subs:
+            # Spread the reconnects of thousands of clients over `spread` ms.
+            self._finish(sub, sse.encode_retry(base + random.randint(0, spread)))
+        return len(subs)
+
+    def _finish(self, sub: Subscriber, body: bytes) -> None:
+        self.close(sub)
+        transport = sub.transport
+        if sub.chunked:
+            transport.write(sse.chunk(body) + sse.LAST_CHUNK)
+        else:
+            transport.write(body)
+        transport.close()
+
+    # -- publishing -----------------------------------------------------------
+
+    def publish(self, topic: str, event: str, payload: bytes, user: str | None = None) -> Delivery:
+        """Queue an event for a topic's subscribers (or one user's among them)."""
+        seq, frame = self._encode(event, payload)
+        target: Target
+        if user is None:
+            channel = target = self._topic(topic)
+            keep_latest = self._is_latest_value(topic)
+            self.store.retain(channel, Entry(seq, frame, self._clock(), channel, None), keep_latest)
+        else:
+            # Retained in the user's ring, filtered by topic on replay: it must never
+            # be replayed to someone else's connection on the same topic.
+            channel = self._user(user)
+            target = Group([s for s in channel.subscribers() if topic in s.topics])
+            self.store.retain(channel, Entry(seq, frame, self._clock(), channel, topic), False)
+        self._maybe_prune(channel)
+        sent = target.count()
+        if sent:
+            self._pending.append((frame, target))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._schedule_flush(self.flush)
+        return Delivery(format_id(self.epoch, seq), sent, sent)
+
+    def broadcast(self, event: str, payload: bytes) -> Delivery:
+        seq, frame = self._encode(event, payload)
+        self.store.retain(self._all, Entry(seq, frame, self._clock(), self._all, None), False)
+        return self._deliver_now(seq, frame, self._all)
+
+    def notify(self, user: str, event: str, payload: bytes) -> Delivery:
+        seq, frame = self._encode(event, payload)
+        channel = self._user(user)
+        self.store.retain(channel, Entry(seq, frame, self._clock(), channel, None), False)
+        self._maybe_prune(channel)
+        return self._deliver_now(seq, frame, channel)
+
+    def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None:
+        """To one connection by the id of its `connected` event; not retained."""
+        sub = self._subs.get(connection_id)
+        if sub is None:
+            return None
+        seq, frame = self._encode(event, payload)
+        sub.last_write = self._clock()
+        return self._deliver_now(seq, frame, Group([sub]))
+
+    def _encode(self, event: str, payload: bytes) -> tuple[int, sse.Frame]:
+        self.head += 1
+        self.stats.published += 1
+        body = sse.encode_event(payload, id=format_id(self.epoch, self.head), event=event)
+        return self.head, sse.Frame(body)
+
+    def _deliver_now(self, seq: int, frame: sse.Frame, target: Target) -> Delivery:
+        # Written at once, after anything queued, so `sent` counts real writes
+        # (subscribers cut for backpressure are not in it) and order is kept.
+        self.flush()
+        total = target.count()
+        sent = self._write(target, [frame])
+        return Delivery(format_id(self.epoch, seq), sent, total)
+
+    def flush(self) -> None:
+        pending = self._pending
+        self._flush_scheduled = False
+        if not pending:
+            return
+        self._pending = []
+        i, n = 0, len(pending)
+        while i < n:
+            target = pending[i][1]
+            j = i + 1
+            while j < n and pending[j][1] is target:
+                j += 1
+            self._write(target, [frame for frame, _ in pending[i:j]])
+            i = j
+
+    def _write(self, target: Target, frames: list[sse.Frame]) -> int:
+        target.last_write = self._clock()
+        written = 0
+        if target.chunked:
+            written += self._write_all(target.chunked, sse.join(frames, chunked=True))
+        if target.raw:
+            written += self._write_all(target.raw, sse.join(frames, chunked=False))
+        self.stats.delivered += written * len(frames)
+        return written
+
+    def _write_all(self, subs: dict[Transport, Subscriber], data: bytes) -> int:
+        # The hot loop: one buffer check and one write of a shared bytes object per
+        # subscriber. A subscriber over its buffer limit is cut, never waited for.
+        limit = self._limits.max_buffered_bytes
+        total = len(subs)
+        slow = None
+        for transport in subs:
+            if transport.get_write_buffer_size() > limit:
+                if slow is None:
+                    slow = []
+                slow.append(subs[transport])
+                continue
+            transport.write(data)
+        if slow is None:
+            return total
+        for sub in slow:
+            self.drop_slow(sub)
+        return total - len(slow)
+
+    # -- replay ---------------------------------------------------------------
+
+    def _opening(self, sub: Subscriber, last_event_id: str | None) -> bytes:
+        frames: list[bytes] = [self._retry]
+        since: int | None = None
+        problem: str | None = None
+        if last_event_id is not None:
+            parsed = parse_id(last_event_id, self.epoch, self.head)
+            if isinstance(parsed, IdProblem):
+                problem, since = parsed.value, 0
+            else:
+                since = parsed
+                if any(ch.evicted_max > parsed for ch in sub.channels):
+                    problem = "stale"
+        entries = self._since(sub, since) if since is not None else []
+        if problem is not None:
+            frames.append(self._reset_body(sub, last_event_id, problem))
+        first = entries[0].seq - 1 if entries else self.head
+        frames.append(self._connected_body(sub, first))
+        frames.extend(entry.frame.raw for entry in entries)
+        if since is None:
+            frames.extend(self._snapshots(sub))
+        else:
+            self.stats.replays += 1
+            self.stats.replayed_events += len(entries)
+        if sub.chunked:
+            return b"".join(sse.chunk(body) for body in frames)
+        return b"".join(frames)
+
+    def _since(self, sub: Subscriber, seq: int) -> list[Entry]:
+        runs = [ch.since(seq, sub.topics) for ch in sub.channels if ch.entries]
+        if len(runs) == 1:
+            return runs[0]
+        return list(heapq.merge(*runs, key=lambda e: e.seq))
+
+    def _reset_body(self, sub: Subscriber, last_event_id: str | None, problem: str) -> bytes:
+        self.stats.resets += 1
+        oldest = [s for s in (ch.oldest_seq() for ch in sub.channels) if s is not None]
+        data = {
+            "reason": problem,
+            "lastEventId": last_event_id,
+            "oldestId": format_id(self.epoch, min(oldest)) if oldest else None,
+            "message": _RESET_MESSAGES[problem],
+        }
+        return sse.encode_event(orjson.dumps(data), event="reset")
+
+    def _connected_body(self, sub: Subscriber, position: int) -> bytes:
+        # The id is the stream's position: a client that drops before any event
+        # resumes from here rather than from nothing.
+        data = {"connection": sub.id, "user": sub.user, "topics": sorted(sub.topics)}
+        return sse.encode_event(
+            orjson.dumps(data), id=format_id(self.epoch, position), event="connected"
+        )
+
+    def _snapshots(self, sub: Subscriber) -> list[bytes]:
+        out = []
+        for channel in sub.channels:
+            if channel.key[0] == "topic" and self._is_latest_value(channel.key[1]):
+                frame = channel.snapshot()
+                if frame is not None:
+                    out.append(frame.raw)
+        return out
+
+    def _is_latest_value(self, topic: str) -> bool:
+        return any(fnmatch.fnmatchcase(topic, p) for p in self._latest_patterns)
+
+    def expire(self) -> None:
+        self.store.expire(self._clock())
+
+    # -- channel bookkeeping --------------------------------------------------
+
+    def _topic(self, name: str) -> Channel:
+        channel = self._topics.get(name)
+        if channel is None:
+            key = ("topic", name)
+            channel = self._topics[name] = Channel(key, self._tombstone(key))
+        return channel
+
+    def _user(self, name: str) -> Channel:
+        channel = self._users.get(name)
+        if channel is None:
+            key = ("user", name)
+            channel = self._users[name] = Channel(key, self._tombstone(key))
+        return channel
+
+    def _tombstone(self, key: tuple[str, str]) -> int:
+        return self._tombstones.pop(key, self._forgotten_floor)
+
+    def _on_ring_emptied(self, ring: Ring) -> None:
+        kind, name = ring.key
+        channel = (self._topics if kind == "topic" else self._users).get(name)
+        if channel is not None:
+            self._maybe_prune(channel)
+
+    def _maybe_prune(self, channel: Channel) -> None:
+        if channel.idle() and channel is not self._all:
+            self._prune(channel)
+
+    def _prune(self, channel: Channel) -> None:
+        kind, name = channel.key
+        table = self._topics if kind == "topic" else self._users
+        if table.get(name) is not channel:
+            return
+        del table[name]
+        if channel.evicted_max:
+            self._tombstones[channel.key] = channel.evicted_max
+            if len(self._tombstones) > MAX_TOMBSTONES:
+                oldest = next(iter(self._tombstones))
+                self._forgotten_floor = max(self._forgotten_floor, self._tombstones.pop(oldest))
+
+
+_RESET_MESSAGES = {
+    "stale": "events after your Last-Event-ID are no longer retained; refetch your state",
+    "other-epoch": "your Last-Event-ID is from before a restart of the daemon; refetch your state",
+    "malformed": "your Last-Event-ID is not an id this daemon issued; refetch your state",
+    "future": "your Last-Event-ID is ahead of this daemon; refetch your state",
+}

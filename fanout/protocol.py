@@ -1,0 +1,224 @@
+"""The subscriber's asyncio Protocol: callbacks in, calls on the hub and the wheel out.
+
+h11 reads the request; after the response head the connection is a byte sink that
+the hub writes shared frames to. The parser is dropped then, so an idle stream costs
+this object, its Subscriber and the transport, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import h11
+
+from . import sse
+from .hub import Hub, Subscriber
+from .subscribe import Identity, Reject, Subscribe, parse, response
+from .wheel import Timer, Wheel
+
+log = logging.getLogger("fanout.subscriber")
+
+
+class State(enum.Enum):
+    READING_REQUEST = "reading request"
+    STREAMING = "streaming"
+    MUST_CLOSE = "must close"  # an answer was sent; waiting for the transport to go
+    CLOSED = "closed"
+
+
+_TRANSITIONS = {
+    State.READING_REQUEST: {State.STREAMING, State.MUST_CLOSE, State.CLOSED},
+    State.STREAMING: {State.CLOSED},
+    State.MUST_CLOSE: {State.CLOSED},
+    State.CLOSED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class Shared:
+    """What every subscriber protocol shares, passed through the factory."""
+
+    hub: Hub
+    wheel: Wheel[TimerTarget]
+    clock: Callable[[], float]
+    max_header_bytes: int
+    header_timeout_s: float
+    heartbeat_interval_s: float
+    max_topics: int
+    # Every open connection, so a drain can close the ones still sending headers
+    # and abort the ones that stopped reading; `all_closed` is set during a drain.
+    connections: set[SubscriberProtocol]
+    all_closed: asyncio.Event | None = None
+
+
+class TimerTarget:
+    __slots__ = ()
+
+    def on_timer(self, now: float) -> None:
+        raise NotImplementedError
+
+
+class SubscriberProtocol(asyncio.Protocol, TimerTarget):
+    __slots__ = ("_identity", "_parser", "_shared", "_state", "_sub", "_timer", "_transport")
+
+    def __init__(self, shared: Shared, identity: Identity) -> None:
+        self._shared = shared
+        self._identity = identity
+        self._state = State.READING_REQUEST
+        self._parser: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=shared.max_header_bytes
+        )
+        self._transport: asyncio.Transport | None = None
+        self._sub: Subscriber | None = None
+        self._timer: Timer[TimerTarget] | None = None
+
+    def _set_state(self, new: State) -> None:
+        if new not in _TRANSITIONS[self._state]:
+            raise IllegalTransition(f"cannot switch from {self._state.value} to {new.value}")
+        self._state = new
+
+    # -- asyncio callbacks ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        shared = self._shared
+        shared.connections.add(self)
+        self._timer = shared.wheel.schedule(shared.clock() + shared.header_timeout_s, self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state is not State.READING_REQUEST or self._parser is None:
+            return  # a streaming peer has nothing to say; ignore, keep nothing
+        parser = self._parser
+        try:
+            parser.receive_data(data)
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            if status == 431:
+                self._refuse(431, "request headers too large")
+            else:
+                self._refuse(status, f"malformed request: {exc}")
+            return
+        if event is h11.NEED_DATA:
+            return
+        if isinstance(event, h11.Request):
+            self._on_request(event)
+        else:
+            self._close_quietly()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        shared = self._shared
+        shared.connections.discard(self)
+        if not shared.connections and shared.all_closed is not None:
+            shared.all_closed.set()
+        if self._timer is not None:
+            shared.wheel.cancel(self._timer)
+            self._timer = None
+        if self._sub is not None:
+            shared.hub.close(self._sub)
+        if self._state is not State.CLOSED:
+            self._set_state(State.CLOSED)
+        self._parser = None
+
+    # -- timers ---------------------------------------------------------------
+
+    def on_timer(self, now: float) -> None:
+        self._timer = None
+        if self._state is State.READING_REQUEST:
+            self._shared.hub.stats.timeouts += 1
+            log.info("closed %s: headers not complete in time", self._peer())
+            self._close_quietly()
+        elif self._state is State.STREAMING and self._sub is not None and self._sub.active:
+            self._heartbeat(now, self._sub)
+
+    def _heartbeat(self, now: float, sub: Subscriber) -> None:
+        shared = self._shared
+        interval = shared.heartbeat_interval_s
+        quiet_since = sub.last_activity()
+        # Any event written within the interval already kept proxies awake.
+        if now - quiet_since >= interval:
+            transport = sub.transport
+            if transport.get_write_buffer_size() > shared.hub.max_buffered_bytes:
+                shared.hub.drop_slow(sub)
+                return
+            transport.write(sse.HEARTBEAT_FRAME.for_peer(sub.chunked))
+            shared.hub.stats.heartbeats += 1
+            quiet_since = now
+        self._timer = shared.wheel.schedule(quiet_since + interval, self)
+
+    # -- request handling -----------------------------------------------------
+
+    def _on_request(self, request: h11.Request) -> None:
+        shared = self._shared
+        result = parse(request, self._identity, shared.max_topics)
+        if isinstance(result, Reject):
+            self._refuse(result.status, result.reason, result.headers)
+            return
+        refusal = shared.hub.refusal(result.user)
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.reason, refusal.headers)
+            return
+        self._stream(result)
+
+    def _stream(self, request: Subscribe) -> None:
+        shared = self._shared
+        transport = self._transport
+        assert transport is not None
+        hub = shared.hub
+        sub = hub.new_subscriber(transport, request.chunked, request.user, request.topics)
+        opening = hub.open(sub, request.last_event_id)
+        head = sse.STREAM_HEAD_CHUNKED if request.chunked else sse.STREAM_HEAD_RAW
+        transport.write(head + opening)
+        self._sub = sub
+        self._parser = None
+        self._set_state(State.STREAMING)
+        if self._timer is not None:
+            shared.wheel.cancel(self._timer)
+        # The first heartbeat of each connection lands at a random point of the
+        # interval, so connections opened together do not beat together forever.
+        first = shared.clock() + shared.heartbeat_interval_s * random.uniform(0.5, 1.0)
+        self._timer = shared.wheel.schedule(first, self)
+
+    def _refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._shared.hub.stats.refused[status] += 1
+        log.info("refused %s: %d %s", self._peer(), status, reason)
+        assert self._transport is not None
+        self._transport.write(response(status, reason, headers))
+        self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        self._set_state(State.MUST_CLOSE)
+        self._parser = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def _peer(self) -> str:
+        if self._transport is None:
+            return "?"
+        peer = self._transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            return f"{peer[0]}:{peer[1]}"
+        return str(peer or "unix-socket peer")
+
+    def close_if_reading(self) -> None:
+        """On shutdown: a connection that has not finished its request is just closed."""
+        if self._state is State.READING_REQUEST:
+            self._close_quietly()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()

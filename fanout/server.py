@@ -1,0 +1,254 @@
+"""Start and stop: listeners, the wheel's one timer, signals, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, parse_tcp
+from .control import ControlApi, ControlProtocol
+from .hub import Hub
+from .ids import new_epoch
+from .protocol import Shared, SubscriberProtocol, TimerTarget
+from .subscribe import Identity
+from .wheel import Wheel
+
+log = logging.getLogger("fanout.server")
+
+# How often retained events are checked for age.
+EXPIRE_EVERY_S = 1.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line, for the user."""
+
+
+def prepare_unix_path(path: str) -> None:
+    """Make room for a Unix socket: refuse a live one, replace a stale one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = p.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{path} exists and is not a socket; remove it or choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("replacing stale socket %s left by a process that is gone", path)
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot check existing socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"another process is listening on {path}; stop it or choose another path")
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    # A socket file is created with the process umask; creating it under a strict
+    # one means it is never, even briefly, more open than configured.
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._loop = asyncio.get_running_loop()
+        self._started = time.time()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._signals = 0
+        self._servers: list[asyncio.Server] = []
+        self._unix_paths: list[str] = []
+        self.listeners: list[str] = []
+        limits, stream = config.limits, config.stream
+        self.hub = Hub(
+            epoch=new_epoch(),
+            limits=limits,
+            stream=stream,
+            replay=config.replay,
+            clock=self._loop.time,
+            schedule_flush=self._flush_scheduler(stream.flush_interval_ms),
+        )
+        tick = max(0.005, min(0.25, stream.heartbeat_interval_s / 8, limits.header_timeout_s / 8))
+        self.wheel: Wheel[TimerTarget] = Wheel(tick, 512, self._loop.time())
+        self.shared = Shared(
+            hub=self.hub,
+            wheel=self.wheel,
+            clock=self._loop.time,
+            max_header_bytes=limits.max_header_bytes,
+            header_timeout_s=limits.header_timeout_s,
+            heartbeat_interval_s=stream.heartbeat_interval_s,
+            max_topics=limits.max_topics_per_connection,
+            connections=set(),
+        )
+        self._next_expire = 0.0
+        self._tick_handle: asyncio.Handle | None = None
+
+    def _flush_scheduler(self, interval_ms: float) -> Callable[[Callable[[], None]], object]:
+        if interval_ms <= 0:
+            return self._loop.call_soon
+        delay = interval_ms / 1000
+        return lambda flush: self._loop.call_later(delay, flush)
+
+    # -- start ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        auth = config.auth
+        header = auth.header.lower().encode() if auth.mode == "header" else None
+        for listener in config.listener:
+            identity = Identity(header, listener.trusted, auth.allow_anonymous)
+            factory = functools.partial(SubscriberProtocol, self.shared, identity)
+            if listener.tcp:
+                await self._listen_tcp(listener.tcp, factory)
+            else:
+                await self._listen_unix(listener.unix, listener.unix_mode, factory)
+        api = ControlApi(self.hub, self.info)
+        control = functools.partial(ControlProtocol, api, config.control.max_body_bytes)
+        await self._listen_unix(config.control.socket, config.control.socket_mode, control)
+        self._tick_handle = self._loop.call_soon(self._tick)
+
+    async def _listen_tcp(self, address: str, factory: Callable[[], asyncio.Protocol]) -> None:
+        host, port = parse_tcp(address)
+        try:
+            server = await self._loop.create_server(
+                factory, host, port, reuse_address=True, backlog=4096
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
+        self._servers.append(server)
+        for sock in server.sockets:
+            name = sock.getsockname()
+            shown = f"[{name[0]}]" if sock.family == socket.AF_INET6 else name[0]
+            self.listeners.append(f"http://{shown}:{name[1]}")
+
+    async def _listen_unix(
+        self, path: str, mode: int, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
+        prepare_unix_path(path)
+        try:
+            with _umask(0o177):
+                server = await self._loop.create_unix_server(factory, path, backlog=4096)
+            os.chmod(path, mode)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
+        self._servers.append(server)
+        self._unix_paths.append(path)
+        self.listeners.append(f"unix:{path}")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "epoch": self.hub.epoch,
+            "uptime_s": round(time.time() - self._started, 3),
+            "listeners": self.listeners,
+        }
+
+    # -- the one timer ------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        for item in self.wheel.advance(now):
+            try:
+                item.on_timer(now)
+            except Exception:
+                log.exception("timer callback failed")
+        if now >= self._next_expire:
+            self.hub.expire()
+            self._next_expire = now + EXPIRE_EVERY_S
+        self._tick_handle = self._loop.call_at(now + self.wheel.tick_s, self._tick)
+
+    # -- stop -----------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("received %s: draining", sig.name)
+            self._stop.set()
+        else:
+            log.warning("received %s again: exiting now", sig.name)
+            self._force.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting, end every stream, wait for the sockets to go (bounded)."""
+        for server in self._servers:
+            server.close()
+        shared = self.shared
+        shared.all_closed = asyncio.Event()
+        for proto in list(shared.connections):
+            proto.close_if_reading()
+        streams = self.hub.shutdown()
+        log.info("ending %d streams", streams)
+        if shared.connections:
+            # Streams close once their buffers are written; a peer that stopped
+            # reading is cut at the deadline, or at once on a second signal.
+            waits = {
+                asyncio.ensure_future(shared.all_closed.wait()),
+                asyncio.ensure_future(self._force.wait()),
+            }
+            _, pending = await asyncio.wait(
+                waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            for proto in list(shared.connections):
+                proto.abort()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        for path in self._unix_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
+    server = Server(config)
+    try:
+        await server.start()
+    except BaseException:
+        await server.drain(0)
+        raise
+    server.install_signal_handlers()
+    log.info(
+        "fanout %s ready: subscribers on %s; control on unix:%s",
+        __version__,
+        ", ".join(server.listeners[:-1]),
+        config.control.socket,
+    )
+    if ready is not None:
+        ready(server)
+    await server.wait_stopped()
+    await server.drain(config.stream.shutdown_timeout_s)
+    log.info("stopped")
