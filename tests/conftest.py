@@ -22,7 +22,9 @@ from fanout.client import Publisher, PublishError
 STARTUP_DEADLINE_S = 15.0
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> Any:
     """Poll a condition with a bounded deadline (for state outside our process)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -97,7 +99,7 @@ class Daemon:
     def wait_connections(self, n: int, timeout: float = 20.0) -> None:
         wait_for(lambda: self.stats()["connections"] == n, timeout, f"{n} connections")
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
