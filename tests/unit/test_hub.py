@@ -264,7 +264,7 @@ def test_stale_id_after_eviction_gets_reset_with_oldest_id():
 
 def test_age_expiry_and_byte_budget():
     hub, clock = make_hub(replay=Replay(max_age_s=10, max_bytes_total=300))
-    for n in range(10):
+    for _ in range(10):
         hub.publish("a", "m", b"x" * 40)
     assert hub.store.bytes <= 300
     clock.now += 11
