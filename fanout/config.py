@@ -98,6 +98,20 @@ class Log(Struct, frozen=True, forbid_unknown_fields=True):
     level: LogLevel = "info"
 
 
+class Demo(Struct, frozen=True, forbid_unknown_fields=True):
+    """The live demo page at /demo and the publisher inside the daemon that drives it."""
+
+    # Off unless asked for: when on, anyone who reaches a public listener can load
+    # /demo and start (bounded) demo jobs, and demo:* topics carry demo traffic.
+    enabled: bool = False
+    counter_interval_s: Seconds = 1.0
+    notification_interval_s: Seconds = 5.0
+    # A demo job has 10 steps of this length.
+    job_step_s: Seconds = 0.5
+    # Jobs running at once; POST /demo/jobs answers 429 above it.
+    max_jobs: Annotated[int, Meta(ge=1, le=1000)] = 20
+
+
 def _default_listeners() -> list[Listener]:
     return [Listener(tcp="127.0.0.1:8080")]
 
@@ -110,6 +124,7 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True):
     stream: Stream = msgspec.field(default_factory=Stream)
     replay: Replay = msgspec.field(default_factory=Replay)
     log: Log = msgspec.field(default_factory=Log)
+    demo: Demo = msgspec.field(default_factory=Demo)
 
 
 def parse_tcp(address: str) -> tuple[str, int]:
