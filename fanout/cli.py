@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_STARTUP
     logs.setup(args.log_level or cfg.log.level)
     try:
-        uvloop.run(serve(cfg))
+        uvloop.run(serve(cfg, config_path=args.config, log_level=args.log_level))
     except StartupError as exc:
         log.error("%s", exc)
         return EXIT_STARTUP

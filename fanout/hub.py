@@ -224,6 +224,11 @@ class Hub:
             return Refusal(503, "server full", self._retry_after())
         return None
 
+    def update_limits(self, limits: Limits) -> None:
+        """Apply reloaded limits (SIGHUP). Open connections are kept even when a
+        lower cap now counts them over it: the caps are checked on admission."""
+        self._limits = limits
+
     def _retry_after(self) -> tuple[tuple[str, str], ...]:
         return (("Retry-After", str(self._limits.retry_after_s)),)
 

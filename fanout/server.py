@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import Config, parse_tcp
+from . import __version__, logs, systemd
+from .config import Config, ConfigError, load, parse_tcp
 from .control import ControlApi, ControlProtocol
 from .hub import Hub
 from .ids import new_epoch
 from .protocol import Shared, SubscriberProtocol, TimerTarget
+from .reload import plan as plan_reload
 from .subscribe import Identity
 from .wheel import Wheel
 
@@ -72,8 +73,13 @@ def _umask(mask: int) -> Iterator[None]:
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, log_level: str | None = None
+    ) -> None:
         self.config = config
+        # SIGHUP re-reads this file; `log_level` is a --log-level that outranks it.
+        self._config_path = config_path
+        self._log_level = log_level
         self._loop = asyncio.get_running_loop()
         self._started = time.time()
         self._stop = asyncio.Event()
@@ -101,6 +107,7 @@ class Server:
             header_timeout_s=limits.header_timeout_s,
             heartbeat_interval_s=stream.heartbeat_interval_s,
             max_topics=limits.max_topics_per_connection,
+            send_buffer_bytes=limits.socket_send_buffer_bytes,
             connections=set(),
         )
         self._next_expire = 0.0
@@ -186,6 +193,7 @@ class Server:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._on_signal, sig)
+        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
@@ -195,6 +203,50 @@ class Server:
         else:
             log.warning("received %s again: exiting now", sig.name)
             self._force.set()
+
+    # -- reload (SIGHUP) -------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the config file; apply what can change without dropping anyone."""
+        if self._stop.is_set():
+            log.info("received SIGHUP while draining: ignored")
+            return
+        if self._config_path is None:
+            log.warning("received SIGHUP, but no config file was given (-c): nothing to reload")
+            return
+        systemd.reloading()
+        try:
+            new = load(self._config_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running settings: %s", exc)
+        else:
+            self._apply(new)
+        finally:
+            systemd.ready("reloaded")
+
+    def _apply(self, new: Config) -> None:
+        plan = plan_reload(self.config, new)
+        self.config = config = plan.config
+        limits = config.limits
+        self.hub.update_limits(limits)
+        shared = self.shared
+        # New requests and the next heartbeat of each stream read these; a stream's
+        # already scheduled heartbeat keeps its time (at most one old interval).
+        # The wheel's tick stays as sized at start: heartbeats may land up to one
+        # tick (<= 0.25 s) late if the new interval is much shorter.
+        shared.max_header_bytes = limits.max_header_bytes
+        shared.header_timeout_s = limits.header_timeout_s
+        shared.max_topics = limits.max_topics_per_connection
+        shared.heartbeat_interval_s = config.stream.heartbeat_interval_s
+        if self._log_level is None:
+            logs.set_level(config.log.level)
+        for key in plan.restart:
+            log.warning("reload: %s changed but needs a restart; keeping the running value", key)
+        log.info(
+            "reloaded %s: %s",
+            self._config_path,
+            ", ".join(plan.applied) if plan.applied else "no live setting changed",
+        )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -233,8 +285,14 @@ class Server:
                 os.unlink(path)
 
 
-async def serve(config: Config, ready: Callable[[Server], None] | None = None) -> None:
-    server = Server(config)
+async def serve(
+    config: Config,
+    ready: Callable[[Server], None] | None = None,
+    *,
+    config_path: str | None = None,
+    log_level: str | None = None,
+) -> None:
+    server = Server(config, config_path, log_level)
     try:
         await server.start()
     except BaseException:
@@ -249,6 +307,9 @@ async def serve(config: Config, ready: Callable[[Server], None] | None = None) -
     )
     if ready is not None:
         ready(server)
+    systemd.ready(f"serving on {', '.join(server.listeners[:-1])}")
     await server.wait_stopped()
-    await server.drain(config.stream.shutdown_timeout_s)
+    systemd.stopping()
+    # server.config: a SIGHUP may have changed the drain timeout.
+    await server.drain(server.config.stream.shutdown_timeout_s)
     log.info("stopped")
