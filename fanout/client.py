@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
 import socket
 import threading
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,8 @@ from urllib.parse import quote
 
 import h11
 import orjson
+
+from .names import is_topic
 
 DEFAULT_SOCKET = "./run/fanout.sock"
 _UNSET: Any = object()
@@ -169,6 +172,10 @@ class Publisher:
     def stats(self) -> dict[str, Any]:
         return self._request("GET", "/stats")
 
+    def track(self, task_id: str, *, user: str | None = None, topic: str | None = None) -> Task:
+        """Progress of one task on `progress:<task_id>`: `with publisher.track(id) as task:`."""
+        return Task(self, task_id, user, topic)
+
 
 class AsyncPublisher:
     """asyncio client; one request at a time on its connection."""
@@ -289,3 +296,144 @@ class AsyncPublisher:
 
     async def stats(self) -> dict[str, Any]:
         return await self._request("GET", "/stats")
+
+    def track(
+        self, task_id: str, *, user: str | None = None, topic: str | None = None
+    ) -> AsyncTask:
+        """Progress of one task: `async with publisher.track(id) as task:`."""
+        return AsyncTask(self, task_id, user, topic)
+
+
+# -- progress tracking ----------------------------------------------------------
+#
+# A task's state is published as `progress` events on its own topic, by default
+# `progress:<task_id>`. List that topic pattern in [replay] latest_value_topics and
+# a page opened late gets the current state at once, without an id to resume from.
+
+PROGRESS_EVENT = "progress"
+PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+
+_progress_log = logging.getLogger("fanout.client")
+
+
+def progress_data(task_id: str, progress: float, status: str, message: str) -> dict[str, Any]:
+    """The body of a `progress` event, as fanout.js and the demo page read it."""
+    return {"taskId": task_id, "progress": progress, "status": status, "message": message}
+
+
+def _failure_message(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return str(exc) or type(exc).__name__
+
+
+class _TaskState:
+    """What the sync and asyncio trackers share: naming, validation, the last value."""
+
+    def __init__(self, task_id: str, user: str | None, topic: str | None) -> None:
+        self.task_id = task_id
+        self.topic = topic if topic is not None else f"progress:{task_id}"
+        if not is_topic(self.topic):
+            raise ValueError(f"task id {task_id!r} does not make a valid topic name")
+        self.user = user
+        self.progress: float = 0
+        self.status = PENDING
+        self.message = ""
+
+    def _next(self, progress: float | None, status: str, message: str | None) -> dict[str, Any]:
+        if progress is not None:
+            if not 0 <= progress <= 100:
+                raise ValueError(f"progress must be within 0..100, got {progress!r}")
+            self.progress = progress
+        if message is not None:
+            self.message = message
+        self.status = status
+        return progress_data(self.task_id, self.progress, status, self.message)
+
+    def _lost(self, exc: Exception) -> None:
+        # Progress is advisory: a daemon restarting under a long job must not kill
+        # the job. The topic keeps only the latest value, so the next update repairs
+        # what a page shows.
+        _progress_log.warning("progress of %s not published: %s", self.task_id, exc)
+
+
+class Task(_TaskState):
+    """Publishes a task's progress; a context manager that reports the outcome.
+
+    Leaving the block normally publishes `completed` at 100; an exception publishes
+    `failed` with its message and propagates. Publishing errors are logged, never
+    raised: tracking must not fail the work it tracks.
+    """
+
+    def __init__(
+        self, publisher: Publisher, task_id: str, user: str | None, topic: str | None
+    ) -> None:
+        super().__init__(task_id, user, topic)
+        self._publisher = publisher
+
+    def __enter__(self) -> Task:
+        self.update(0)
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.complete()
+        else:
+            self.fail(_failure_message(exc))
+
+    def pending(self, message: str = "") -> None:
+        """Queued, not started (e.g. published by the web view that enqueues the job)."""
+        self._send(self._next(0, PENDING, message))
+
+    def update(self, progress: float, message: str | None = None) -> None:
+        self._send(self._next(progress, RUNNING, message))
+
+    def complete(self, message: str = "done") -> None:
+        self._send(self._next(100, COMPLETED, message))
+
+    def fail(self, message: str) -> None:
+        self._send(self._next(None, FAILED, message))
+
+    def _send(self, data: dict[str, Any]) -> None:
+        try:
+            self._publisher.publish(self.topic, data, event=PROGRESS_EVENT, user=self.user)
+        except (PublishError, OSError, http.client.HTTPException) as exc:
+            self._lost(exc)
+
+
+class AsyncTask(_TaskState):
+    """The asyncio twin of Task: `async with publisher.track(id) as task`."""
+
+    def __init__(
+        self, publisher: AsyncPublisher, task_id: str, user: str | None, topic: str | None
+    ) -> None:
+        super().__init__(task_id, user, topic)
+        self._publisher = publisher
+
+    async def __aenter__(self) -> AsyncTask:
+        await self.update(0)
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            await self.complete()
+        else:
+            await self.fail(_failure_message(exc))
+
+    async def pending(self, message: str = "") -> None:
+        await self._send(self._next(0, PENDING, message))
+
+    async def update(self, progress: float, message: str | None = None) -> None:
+        await self._send(self._next(progress, RUNNING, message))
+
+    async def complete(self, message: str = "done") -> None:
+        await self._send(self._next(100, COMPLETED, message))
+
+    async def fail(self, message: str) -> None:
+        await self._send(self._next(None, FAILED, message))
+
+    async def _send(self, data: dict[str, Any]) -> None:
+        try:
+            await self._publisher.publish(self.topic, data, event=PROGRESS_EVENT, user=self.user)
+        except (PublishError, OSError, TimeoutError) as exc:
+            self._lost(exc)
