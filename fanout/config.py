@@ -64,6 +64,10 @@ class Limits(Struct, frozen=True, forbid_unknown_fields=True):
     # A subscriber whose kernel and transport buffers hold more than this is
     # disconnected: it resumes with Last-Event-ID instead of growing our memory.
     max_buffered_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024
+    # The kernel's send buffer per subscriber socket; 0 keeps Linux autotuning,
+    # which lets a stalled reader hold up to tcp_wmem's max (4 MiB) in the kernel
+    # before max_buffered_bytes even starts to count. Set it to bound that memory.
+    socket_send_buffer_bytes: Annotated[int, Meta(ge=0, le=64 * 1024 * 1024)] = 0
     max_topics_per_connection: Annotated[int, Meta(ge=1, le=1024)] = 32
     # 8 KiB, as nginx's large_client_header_buffers default line size.
     max_header_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024)] = 8 * 1024

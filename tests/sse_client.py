@@ -68,6 +68,11 @@ class SSEClient:
                 await self._read()
 
     async def _read(self) -> None:
+        await self._read_once()
+        if self.ended:
+            self.writer.close()
+
+    async def _read_once(self) -> None:
         if self.chunked:
             line = await self.reader.readline()
             if not line:
@@ -116,6 +121,10 @@ class SSEClient:
 
     def close(self) -> None:
         self.writer.close()
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
 
     def abort(self) -> None:
         self.writer.transport.abort()
