@@ -6,8 +6,12 @@ the daemon in NOTIFY_SOCKET, as the service manager does for Type=notify.
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +154,89 @@ async def test_per_user_limit_is_reloaded(start_daemon, notify):
     wait_for(lambda: "refused" in daemon.log, what="refusal logged")
     kept.close()
     second.close()
+
+
+# -- the shipped systemd unit -----------------------------------------------------
+
+UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "fanout.service"
+FANOUT = Path(sys.executable).parent / "fanout"
+
+
+def render_unit(config: Path) -> str:
+    text = UNIT.read_text()
+    for old, new in {
+        "/opt/fanout/venv/bin/fanout": str(FANOUT),
+        "/etc/fanout/config.toml": str(config),
+    }.items():
+        assert old in text, f"{UNIT} no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+def service_settings(text: str) -> dict[str, str]:
+    section, out = "", {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def test_systemd_unit_settings() -> None:
+    unit = service_settings(UNIT.read_text())
+    assert unit["Type"] == "notify"
+    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert int(unit["LimitNOFILE"]) > 20_000
+    # The default drain (stream.shutdown_timeout_s) fits with a margin.
+    assert int(unit["TimeoutStopSec"]) >= 2 * 10
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_unit_verifies(short_tmp: Path) -> None:
+    unit = short_tmp / "fanout.service"
+    text = render_unit(short_tmp / "fanout.toml")
+    # `verify` checks the user exists; the shipped `fanout` user is the admin's to create.
+    unit.write_text(text.replace("User=fanout", "User=root").replace("Group=fanout", "Group=root"))
+    (short_tmp / "fanout.toml").write_text("")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    # verify exits 0 on unknown keys and bad values; its warnings are the signal.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+@pytest.mark.skipif(not FANOUT.exists(), reason="the fanout console script is not installed")
+def test_unit_commands_drive_the_daemon_as_systemd_would(short_tmp: Path, notify) -> None:
+    """ExecStartPre, ExecStart, ExecReload and the stop, run as the unit spells them."""
+    config = short_tmp / "fanout.toml"
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "listener": [{"unix": str(short_tmp / "pub.sock"), "trusted": True}],
+                "control": {"socket": str(short_tmp / "c.sock")},
+            }
+        )
+    )
+    unit = service_settings(render_unit(config))
+    subprocess.run(shlex.split(unit["ExecStartPre"]), check=True, capture_output=True, timeout=30)
+    log = short_tmp / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(shlex.split(unit["ExecStart"]), stderr=out, cwd=short_tmp)
+    try:
+        assert notify.next()["READY"] == "1"
+        reload_command = unit["ExecReload"].replace("$MAINPID", str(proc.pid))
+        subprocess.run(shlex.split(reload_command), check=True, timeout=10)
+        assert notify.next()["RELOADING"] == "1"
+        assert notify.next()["READY"] == "1"
+        proc.send_signal(getattr(signal, unit["KillSignal"]))
+        assert notify.next()["STOPPING"] == "1"
+        assert proc.wait(int(unit["TimeoutStopSec"])) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "reloaded" in log.read_text()
