@@ -79,7 +79,11 @@ async def test_stalled_reader_is_cut_and_others_get_everything(start_daemon):
     # The stalled socket was closed by the daemon: draining it ends in EOF or a reset.
     stalled.settimeout(10)
     with pytest.raises(ConnectionResetError):
-        while stalled.recv(1 << 20):
-            pass
-        raise ConnectionResetError("clean EOF")
+        _drain(stalled)
     stalled.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    while sock.recv(1 << 20):
+        pass
+    raise ConnectionResetError("clean EOF")

@@ -98,10 +98,7 @@ def test_every_session_gets_exactly_what_it_missed_then_live(operations):
         connect(client)
     for op, arg in operations:
         if op == "pub":
-            if arg == BROADCAST:
-                d = hub.broadcast("m", b"1")
-            else:
-                d = hub.publish(arg, "m", b"1")
+            d = hub.broadcast("m", b"1") if arg == BROADCAST else hub.publish(arg, "m", b"1")
             log.append((seq(d.id), arg))
         elif op == "flush":
             hub.flush()
