@@ -12,14 +12,15 @@ import enum
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import h11
 
 from . import sse
 from .hub import Hub, Subscriber
-from .subscribe import Identity, Reject, Subscribe, parse, response
+from .pages import Pages
+from .subscribe import Identity, Page, Reject, Subscribe, parse, response
 from .wheel import Timer, Wheel
 
 log = logging.getLogger("fanout.subscriber")
@@ -59,6 +60,8 @@ class Shared:
     # and abort the ones that stopped reading; `all_closed` is set during a drain.
     connections: set[SubscriberProtocol]
     all_closed: asyncio.Event | None = None
+    # /fanout.js and the demo: answered whole, then the connection closes.
+    pages: Pages = field(default_factory=Pages)
 
 
 class TimerTarget:
@@ -168,6 +171,9 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         if isinstance(result, Reject):
             self._refuse(result.status, result.reason, result.headers)
             return
+        if isinstance(result, Page):
+            self._answer_page(result)
+            return
         refusal = shared.hub.refusal(result.user)
         if refusal is not None:
             self._refuse(refusal.status, refusal.reason, refusal.headers)
@@ -192,6 +198,11 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         # interval, so connections opened together do not beat together forever.
         first = shared.clock() + shared.heartbeat_interval_s * random.uniform(0.5, 1.0)
         self._timer = shared.wheel.schedule(first, self)
+
+    def _answer_page(self, page: Page) -> None:
+        assert self._transport is not None
+        self._transport.write(self._shared.pages.answer(page))
+        self._close_quietly()
 
     def _refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._shared.hub.stats.refused[status] += 1

@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__, logs, systemd
 from .config import Config, ConfigError, load, parse_tcp
 from .control import ControlApi, ControlProtocol
+from .demo import start_demo
 from .hub import Hub
 from .ids import new_epoch
 from .protocol import Shared, SubscriberProtocol, TimerTarget
@@ -308,8 +309,12 @@ async def serve(
     if ready is not None:
         ready(server)
     systemd.ready(f"serving on {', '.join(server.listeners[:-1])}")
+    # Started once the control socket listens, since it publishes through it.
+    demo = start_demo(config, server.shared.pages) if config.demo.enabled else None
     await server.wait_stopped()
     systemd.stopping()
+    if demo is not None:
+        await demo.stop()
     # server.config: a SIGHUP may have changed the drain timeout.
     await server.drain(server.config.stream.shutdown_timeout_s)
     log.info("stopped")

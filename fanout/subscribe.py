@@ -28,6 +28,16 @@ class Reject:
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """A request for one of the daemon's own pages (fanout.js, the demo), not a stream."""
+
+    method: str
+    path: str
+    query: str
+    if_none_match: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """How the user is found, from [auth] and the listener the request came in on."""
 
@@ -37,6 +47,8 @@ class Identity:
 
 
 EVENTS_PATH = "/events"
+# Answered by fanout.pages; any method, so it can say 405 itself.
+PAGE_PATHS = frozenset({"/fanout.js", "/demo", "/demo/jobs"})
 MAX_ID_LENGTH = 128
 
 
@@ -64,11 +76,15 @@ def _user(request: h11.Request, identity: Identity) -> str | Reject | None:
     return None
 
 
-def parse(request: h11.Request, identity: Identity, max_topics: int) -> Subscribe | Reject:
+def parse(request: h11.Request, identity: Identity, max_topics: int) -> Subscribe | Page | Reject:
+    target = urlsplit(request.target.decode("ascii", "replace"))
+    path = unquote(target.path)
+    if path in PAGE_PATHS:
+        method = request.method.decode("ascii", "replace")
+        return Page(method, path, target.query, _header(request, b"if-none-match"))
     if request.method != b"GET":
         return Reject(405, "only GET is allowed here", (("Allow", "GET"),))
-    target = urlsplit(request.target.decode("ascii", "replace"))
-    if unquote(target.path) != EVENTS_PATH:
+    if path != EVENTS_PATH:
         return Reject(404, f"no such path: {target.path} (subscribe at {EVENTS_PATH})")
     topics: list[str] = []
     last_event_id = None
