@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import h11
 import orjson
 
+from . import metrics
 from .hub import Hub
 from .names import is_user
 from .publish import NDJSON_TYPES, BadRequest, decode_event, decode_publish, media_type
@@ -54,7 +55,9 @@ class ControlApi:
             "/send/": ("POST", self._send),
             "/stats": ("GET", self._stats),
             "/healthz": ("GET", self._healthz),
+            "/metrics": ("GET", self._metrics),
         }
+        self._render_metrics = metrics.renderer(self._snapshot)
 
     def handle(self, method: str, target: str, content_type: str, body: bytes) -> Answer:
         path = urlsplit(target).path
@@ -106,9 +109,15 @@ class ControlApi:
             return _error(404, f"no open connection with id {connection[:80]!r}")
         return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
 
-    def _stats(self, _: str, __: str, ___: bytes) -> Answer:
+    def _snapshot(self) -> dict[str, Any]:
         hub = self._hub
-        return _json(200, {**self._info(), **hub.counts(), **hub.stats.as_dict()})
+        return {**self._info(), **hub.counts(), **hub.stats.as_dict()}
+
+    def _stats(self, _: str, __: str, ___: bytes) -> Answer:
+        return _json(200, self._snapshot())
+
+    def _metrics(self, _: str, __: str, ___: bytes) -> Answer:
+        return Answer(200, self._render_metrics(), metrics.CONTENT_TYPE)
 
     def _healthz(self, _: str, __: str, ___: bytes) -> Answer:
         if self._hub.draining:

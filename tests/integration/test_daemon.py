@@ -235,3 +235,23 @@ async def test_unknown_topic_is_fine_and_bad_request_status(daemon):
     assert isinstance(r, Response)
     assert r.status == 400
     assert b"invalid topic" in r.body
+
+
+async def test_prometheus_metrics(daemon):
+    client = await subscribe(daemon.host, daemon.port, "/events?topic=a")
+    await client.next()
+    daemon.publish("a", 1)
+    await client.next()
+    await request(daemon.host, daemon.port, "/nope")
+    reader, writer = await asyncio.open_unix_connection(daemon.control)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Content-Type: text/plain; version=" in head
+    text = body.decode()
+    assert "fanout_published_total 1.0" in text
+    assert "fanout_delivered_total 1.0" in text
+    assert "fanout_connections 1.0" in text
+    assert 'fanout_refused_total{status="404"} 1.0' in text
+    await client.aclose()
