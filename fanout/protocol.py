@@ -11,6 +11,7 @@ import asyncio
 import enum
 import logging
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -56,6 +57,7 @@ class Shared:
     header_timeout_s: float
     heartbeat_interval_s: float
     max_topics: int
+    send_buffer_bytes: int
     # Every open connection, so a drain can close the ones still sending headers
     # and abort the ones that stopped reading; `all_closed` is set during a drain.
     connections: set[SubscriberProtocol]
@@ -72,7 +74,16 @@ class TimerTarget:
 
 
 class SubscriberProtocol(asyncio.Protocol, TimerTarget):
-    __slots__ = ("_identity", "_parser", "_shared", "_state", "_sub", "_timer", "_transport")
+    __slots__ = (
+        "_identity",
+        "_parser",
+        "_received",
+        "_shared",
+        "_state",
+        "_sub",
+        "_timer",
+        "_transport",
+    )
 
     def __init__(self, shared: Shared, identity: Identity) -> None:
         self._shared = shared
@@ -84,6 +95,9 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         self._transport: asyncio.Transport | None = None
         self._sub: Subscriber | None = None
         self._timer: Timer[TimerTarget] | None = None
+        # h11 bounds only an incomplete head; a large head that arrives in one read
+        # would pass, so the bytes before the request completes are counted here.
+        self._received = 0
 
     def _set_state(self, new: State) -> None:
         if new not in _TRANSITIONS[self._state]:
@@ -97,12 +111,20 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         self._transport = cast(asyncio.Transport, transport)
         shared = self._shared
         shared.connections.add(self)
+        if shared.send_buffer_bytes:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, shared.send_buffer_bytes)
         self._timer = shared.wheel.schedule(shared.clock() + shared.header_timeout_s, self)
 
     def data_received(self, data: bytes) -> None:
         if self._state is not State.READING_REQUEST or self._parser is None:
             return  # a streaming peer has nothing to say; ignore, keep nothing
         parser = self._parser
+        self._received += len(data)
+        if self._received > self._shared.max_header_bytes:
+            self._refuse(431, "request headers too large")
+            return
         try:
             parser.receive_data(data)
             event = parser.next_event()

@@ -264,7 +264,8 @@ class Server:
         for proto in list(shared.connections):
             proto.close_if_reading()
         streams = self.hub.shutdown()
-        log.info("ending %d streams", streams)
+        if streams:
+            log.info("ending %d streams", streams)
         if shared.connections:
             # Streams close once their buffers are written; a peer that stopped
             # reading is cut at the deadline, or at once on a second signal.
