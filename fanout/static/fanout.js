@@ -164,7 +164,12 @@ export class FanoutClient {
     return addHandler(this._errorHandlers, handler);
   }
 
-  /** Listen to more topics: reconnects at once, resuming, so nothing is missed. */
+  /**
+   * Listen to more topics: reconnects at once, resuming from lastEventId, so nothing
+   * is missed on the topics already followed, and the new topics' events published
+   * since that id are replayed too. Anything older on a new topic is not: for state
+   * (a job's progress), use a latest-value topic or fetch it first.
+   */
   addTopics(...topics) {
     const before = this.topics.size;
     for (const t of topics) this.topics.add(t);
