@@ -45,6 +45,11 @@ def _options(parser: Any) -> None:
         "--payload-bytes", type=int, default=64, help="padding added to each event's data"
     )
     group.add_argument(
+        "--cookie",
+        default="",
+        help="Cookie header for the streams (through nginx's auth_request)",
+    )
+    group.add_argument(
         "--stream-seconds",
         type=float,
         default=60.0,
@@ -94,6 +99,8 @@ class SSESubscriber(HttpUser):
     def stream(self) -> None:
         options = self.environment.parsed_options
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if options.cookie:
+            headers["Cookie"] = options.cookie
         if self.last_id is not None:
             headers["Last-Event-ID"] = self.last_id
         until = time.monotonic() + options.stream_seconds
