@@ -349,6 +349,11 @@ async def test_auth_request_sets_the_user(behind_nginx):
     assert over.headers["retry-after"] == "5"
     carol = await stack.stream("/events?topic=t", token="tok-carol")
     assert (await carol.next()).json()["user"] == "carol"
+    # The daemon saw one refusal (the 401s are nginx's) and logged it once, with why.
+    refusals = [line for line in stack.daemon.log.splitlines() if "refused" in line]
+    assert len(refusals) == 1, refusals
+    assert " INFO " in refusals[0]
+    assert "429 too many connections for this user" in refusals[0]
     for client in (alice, bearer, carol):
         client.close()
 
