@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -127,6 +127,15 @@ Target = Channel | Group
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where an event goes: a topic, a user (optionally on one topic), all, one connection."""
+
+    kind: Literal["topic", "user", "all", "conn"]
+    key: str  # topic name, user id, "" for all, connection id
+    topic: str | None = None  # with kind "user": only that user's connections on it
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     status: int
     reason: str
@@ -170,6 +179,9 @@ class Hub:
         self._tombstones: dict[tuple[str, str], int] = {}
         self._forgotten_floor = 0
         self.draining = False
+        # Called with every event this hub encodes (the supervisor forwards them to
+        # its workers); None in a single process.
+        self.on_event: Callable[[Route, int, sse.Frame], None] | None = None
         self.store = Store(
             replay.max_events_per_topic,
             replay.max_age_s,
@@ -309,53 +321,79 @@ class Hub:
 
     def publish(self, topic: str, event: str, payload: bytes, user: str | None = None) -> Delivery:
         """Queue an event for a topic's subscribers (or one user's among them)."""
-        seq, frame = self._encode(event, payload)
+        route = Route("topic", topic) if user is None else Route("user", user, topic)
+        return self._emit(route, event, payload)
+
+    def broadcast(self, event: str, payload: bytes) -> Delivery:
+        return self._emit(Route("all", ""), event, payload)
+
+    def notify(self, user: str, event: str, payload: bytes) -> Delivery:
+        return self._emit(Route("user", user), event, payload)
+
+    def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None:
+        """To one connection by the id of its `connected` event; not retained."""
+        if connection_id not in self._subs:
+            return None
+        return self._emit(Route("conn", connection_id), event, payload)
+
+    def encode(self, event: str, payload: bytes) -> tuple[int, sse.Frame]:
+        """Assign the next id and build the event's frame: the one encoding it gets."""
+        self.head += 1
+        self.stats.published += 1
+        body = sse.encode_event(payload, id=format_id(self.epoch, self.head), event=event)
+        return self.head, sse.Frame(body)
+
+    def _emit(self, route: Route, event: str, payload: bytes) -> Delivery:
+        seq, frame = self.encode(event, payload)
+        if self.on_event is not None:
+            self.on_event(route, seq, frame)
+        return self.ingest(route, seq, frame)
+
+    def ingest(self, route: Route, seq: int, frame: sse.Frame, live: bool = True) -> Delivery:
+        """Retain and deliver an encoded event (from `encode` here, or another process's).
+
+        `live=False` only retains it: a new worker is seeded with what is retained.
+        """
+        if seq > self.head:
+            self.head = seq
+        event_id = format_id(self.epoch, seq)
+        now = self._clock()
+        kind = route.kind
         target: Target
-        if user is None:
-            channel = target = self._topic(topic)
-            keep_latest = self._is_latest_value(topic)
-            self.store.retain(channel, Entry(seq, frame, self._clock(), channel, None), keep_latest)
+        if kind == "conn":
+            sub = self._subs.get(route.key)
+            if sub is None or not live:
+                return Delivery(event_id, 0, 0)
+            sub.last_write = now
+            return self._deliver_now(seq, frame, Group([sub]))
+        if kind == "topic":
+            channel = target = self._topic(route.key)
+            keep_latest = self._is_latest_value(route.key)
+            self.store.retain(channel, Entry(seq, frame, now, channel, None), keep_latest)
+        elif kind == "all":
+            channel = target = self._all
+            self.store.retain(channel, Entry(seq, frame, now, channel, None), False)
+        elif route.topic is None:
+            channel = target = self._user(route.key)
+            self.store.retain(channel, Entry(seq, frame, now, channel, None), False)
         else:
             # Retained in the user's ring, filtered by topic on replay: it must never
             # be replayed to someone else's connection on the same topic.
-            channel = self._user(user)
-            target = Group([s for s in channel.subscribers() if topic in s.topics])
-            self.store.retain(channel, Entry(seq, frame, self._clock(), channel, topic), False)
+            channel = self._user(route.key)
+            target = Group([s for s in channel.subscribers() if route.topic in s.topics])
+            self.store.retain(channel, Entry(seq, frame, now, channel, route.topic), False)
         self._maybe_prune(channel)
+        if not live:
+            return Delivery(event_id, 0, 0)
+        if kind != "topic" and route.topic is None:
+            return self._deliver_now(seq, frame, target)
         sent = target.count()
         if sent:
             self._pending.append((frame, target))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._schedule_flush(self.flush)
-        return Delivery(format_id(self.epoch, seq), sent, sent)
-
-    def broadcast(self, event: str, payload: bytes) -> Delivery:
-        seq, frame = self._encode(event, payload)
-        self.store.retain(self._all, Entry(seq, frame, self._clock(), self._all, None), False)
-        return self._deliver_now(seq, frame, self._all)
-
-    def notify(self, user: str, event: str, payload: bytes) -> Delivery:
-        seq, frame = self._encode(event, payload)
-        channel = self._user(user)
-        self.store.retain(channel, Entry(seq, frame, self._clock(), channel, None), False)
-        self._maybe_prune(channel)
-        return self._deliver_now(seq, frame, channel)
-
-    def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None:
-        """To one connection by the id of its `connected` event; not retained."""
-        sub = self._subs.get(connection_id)
-        if sub is None:
-            return None
-        seq, frame = self._encode(event, payload)
-        sub.last_write = self._clock()
-        return self._deliver_now(seq, frame, Group([sub]))
-
-    def _encode(self, event: str, payload: bytes) -> tuple[int, sse.Frame]:
-        self.head += 1
-        self.stats.published += 1
-        body = sse.encode_event(payload, id=format_id(self.epoch, self.head), event=event)
-        return self.head, sse.Frame(body)
+        return Delivery(event_id, sent, sent)
 
     def _deliver_now(self, seq: int, frame: sse.Frame, target: Target) -> Delivery:
         # Written at once, after anything queued, so `sent` counts real writes
