@@ -32,7 +32,26 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_STARTUP
     logs.setup(args.log_level or cfg.log.level)
     try:
-        uvloop.run(serve(cfg, config_path=args.config, log_level=args.log_level))
+        if config.worker_count(cfg) > 1:
+            from . import supervisor
+
+            uvloop.run(supervisor.serve(cfg, config_path=args.config, log_level=args.log_level))
+        else:
+            uvloop.run(serve(cfg, config_path=args.config, log_level=args.log_level))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EXIT_STARTUP
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from . import worker
+    from .server import StartupError
+
+    try:
+        uvloop.run(worker.run(args.link_fd))
     except StartupError as exc:
         log.error("%s", exc)
         return EXIT_STARTUP
@@ -96,6 +115,11 @@ def parser() -> argparse.ArgumentParser:
         help="overrides [log] level",
     )
     serve.set_defaults(func=_serve)
+
+    # Started by the supervisor with workers > 1; not for people.
+    worker = sub.add_parser("_worker")
+    worker.add_argument("--link-fd", type=int, required=True)
+    worker.set_defaults(func=_worker)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 import h11
 import orjson
 
 from . import metrics
-from .hub import Hub
+from .hub import Delivery
 from .names import is_user
 from .publish import NDJSON_TYPES, BadRequest, decode_event, decode_publish, media_type
 
@@ -42,13 +42,31 @@ def _error(status: int, message: str, allow: str = "") -> Answer:
     return Answer(status, orjson.dumps({"error": message}) + b"\n", allow=allow)
 
 
+class Backend(Protocol):
+    """What publishes: the hub in a single process, the supervisor with workers."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    def publish(
+        self, topic: str, event: str, payload: bytes, user: str | None = None
+    ) -> Delivery: ...
+    def broadcast(self, event: str, payload: bytes) -> Delivery: ...
+    def notify(self, user: str, event: str, payload: bytes) -> Delivery: ...
+    def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None: ...
+
+
+Snapshot = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+Reply = Answer | Awaitable[Answer]
+
+
 class ControlApi:
     """Routing and handlers; no I/O, so it can be called from tests directly."""
 
-    def __init__(self, hub: Hub, info: Callable[[], dict[str, Any]]) -> None:
-        self._hub = hub
-        self._info = info
-        self._routes: dict[str, tuple[str, Callable[[str, str, bytes], Answer]]] = {
+    def __init__(self, backend: Backend, snapshot: Snapshot) -> None:
+        self._hub = backend
+        self._snapshot = snapshot
+        self._routes: dict[str, tuple[str, Callable[[str, str, bytes], Reply]]] = {
             "/publish": ("POST", self._publish),
             "/broadcast": ("POST", self._broadcast),
             "/notify/": ("POST", self._notify),
@@ -57,9 +75,8 @@ class ControlApi:
             "/healthz": ("GET", self._healthz),
             "/metrics": ("GET", self._metrics),
         }
-        self._render_metrics = metrics.renderer(self._snapshot)
 
-    def handle(self, method: str, target: str, content_type: str, body: bytes) -> Answer:
+    def handle(self, method: str, target: str, content_type: str, body: bytes) -> Reply:
         path = urlsplit(target).path
         prefix = path if path in self._routes else path[: path.find("/", 1) + 1]
         route = self._routes.get(prefix) if prefix else None
@@ -109,15 +126,23 @@ class ControlApi:
             return _error(404, f"no open connection with id {connection[:80]!r}")
         return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
 
-    def _snapshot(self) -> dict[str, Any]:
-        hub = self._hub
-        return {**self._info(), **hub.counts(), **hub.stats.as_dict()}
+    def _stats(self, _: str, __: str, ___: bytes) -> Reply:
+        return self._with_snapshot(lambda stats: _json(200, stats))
 
-    def _stats(self, _: str, __: str, ___: bytes) -> Answer:
-        return _json(200, self._snapshot())
+    def _metrics(self, _: str, __: str, ___: bytes) -> Reply:
+        return self._with_snapshot(
+            lambda stats: Answer(200, metrics.render(stats), metrics.CONTENT_TYPE)
+        )
 
-    def _metrics(self, _: str, __: str, ___: bytes) -> Answer:
-        return Answer(200, self._render_metrics(), metrics.CONTENT_TYPE)
+    def _with_snapshot(self, answer: Callable[[dict[str, Any]], Answer]) -> Reply:
+        stats = self._snapshot()
+        if isinstance(stats, dict):
+            return answer(stats)
+
+        async def later(pending: Awaitable[dict[str, Any]]) -> Answer:
+            return answer(await pending)
+
+        return later(stats)
 
     def _healthz(self, _: str, __: str, ___: bytes) -> Answer:
         if self._hub.draining:
@@ -133,6 +158,9 @@ class ControlProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._request: h11.Request | None = None
         self._body = bytearray()
+        # Set while an answer is computed asynchronously (stats across workers);
+        # later pipelined requests wait in h11's buffer, so answers keep their order.
+        self._busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -149,7 +177,7 @@ class ControlProtocol(asyncio.Protocol):
 
     def _process(self) -> None:
         conn = self._conn
-        while self._transport is not None and not self._transport.is_closing():
+        while self._transport is not None and not self._transport.is_closing() and not self._busy:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -200,7 +228,24 @@ class ControlProtocol(asyncio.Protocol):
             bytes(self._body),
         )
         self._body = bytearray()
+        if isinstance(answer, Answer):
+            self._send(answer, close=False)
+            return
+        self._busy = True
+        task = asyncio.ensure_future(answer)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Future[Answer]) -> None:
+        self._busy = False
+        if self._transport is None or self._transport.is_closing():
+            return
+        try:
+            answer = task.result()
+        except Exception as exc:
+            log.exception("control request failed")
+            answer = _error(500, f"internal error: {exc}")
         self._send(answer, close=False)
+        self._process()
 
     def _fail(self, status: int, message: str) -> None:
         if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import msgspec
 import orjson
 
 from . import sse
@@ -126,6 +127,31 @@ class Channel(Ring):
 Target = Channel | Group
 
 
+class RetainedEvent(msgspec.Struct, array_like=True):
+    seq: int
+    topic: str | None
+    age_s: float
+    raw: bytes
+    chunked: bytes
+
+
+class RingState(msgspec.Struct, array_like=True):
+    kind: str
+    key: str
+    evicted_max: int
+    entries: list[RetainedEvent]
+    latest: RetainedEvent | None
+
+
+class HubState(msgspec.Struct):
+    """What a hub retains, to seed another one (a new worker) with the same replay."""
+
+    head: int
+    rings: list[RingState]
+    tombstones: list[tuple[str, str, int]]
+    forgotten_floor: int
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """Where an event goes: a topic, a user (optionally on one topic), all, one connection."""
@@ -140,6 +166,24 @@ class Refusal:
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def refusal_for(limits: Limits, draining: bool, total: int, user_count: int) -> Refusal | None:
+    """The admission rule, shared by a single hub and the workers' supervisor."""
+    retry_after = (("Retry-After", str(limits.retry_after_s)),)
+    if draining:
+        return Refusal(503, "shutting down", retry_after)
+    user_full = user_count >= limits.max_connections_per_user
+    if user_full and limits.per_user_policy == "reject":
+        return Refusal(
+            429,
+            f"too many connections for this user (at most {limits.max_connections_per_user})",
+            retry_after,
+        )
+    # Evicting the user's oldest connection frees the slot the new one takes.
+    if total >= limits.max_connections and not user_full:
+        return Refusal(503, "server full", retry_after)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +204,14 @@ class Hub:
         clock: Callable[[], float],
         schedule_flush: Callable[[Callable[[], None]], object],
         stats: Stats | None = None,
+        conn_prefix: str | None = None,
+        own_admission: bool = True,
     ) -> None:
         self.epoch = epoch
+        # Connection ids are unique per process: workers put their pid in them.
+        self._conn_prefix = conn_prefix if conn_prefix is not None else epoch
+        # False in a worker: the supervisor applies per-user limits across workers.
+        self._own_admission = own_admission
         self.head = 0  # seq of the last event published
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
@@ -219,37 +269,20 @@ class Hub:
 
     def refusal(self, user: str | None) -> Refusal | None:
         """Why a new connection for `user` cannot be admitted now, or None."""
-        if self.draining:
-            return Refusal(503, "shutting down", self._retry_after())
-        limits = self._limits
-        user_full = (
-            user is not None and self.user_connections(user) >= limits.max_connections_per_user
-        )
-        if user_full and limits.per_user_policy == "reject":
-            return Refusal(
-                429,
-                f"too many connections for this user (at most {limits.max_connections_per_user})",
-                self._retry_after(),
-            )
-        # Evicting the user's oldest connection frees the slot the new one takes.
-        if len(self._subs) >= limits.max_connections and not user_full:
-            return Refusal(503, "server full", self._retry_after())
-        return None
+        user_count = self.user_connections(user) if user is not None else 0
+        return refusal_for(self._limits, self.draining, len(self._subs), user_count)
 
     def update_limits(self, limits: Limits) -> None:
         """Apply reloaded limits (SIGHUP). Open connections are kept even when a
         lower cap now counts them over it: the caps are checked on admission."""
         self._limits = limits
 
-    def _retry_after(self) -> tuple[tuple[str, str], ...]:
-        return (("Retry-After", str(self._limits.retry_after_s)),)
-
     def new_subscriber(
         self, transport: Transport, chunked: bool, user: str | None, topics: frozenset[str]
     ) -> Subscriber:
         self._serial += 1
         return Subscriber(
-            f"{self.epoch}.{self._serial}", self._serial, transport, chunked, user, topics
+            f"{self._conn_prefix}.{self._serial}", self._serial, transport, chunked, user, topics
         )
 
     def open(self, sub: Subscriber, last_event_id: str | None) -> bytes:
@@ -262,7 +295,7 @@ class Hub:
         if sub.user is not None:
             user_channel = self._user(sub.user)
             limit = self._limits.max_connections_per_user
-            while user_channel.count() >= limit:
+            while self._own_admission and user_channel.count() >= limit:
                 oldest = min(user_channel.subscribers(), key=lambda s: s.serial)
                 self.evict(oldest, "evicted: this user opened a newer connection")
             channels.append(user_channel)
@@ -282,6 +315,9 @@ class Hub:
             channel.discard(sub)
             if channel.idle() and channel is not self._all:
                 self._prune(channel)
+
+    def subscriber(self, connection_id: str) -> Subscriber | None:
+        return self._subs.get(connection_id)
 
     def evict(self, sub: Subscriber, reason: str) -> None:
         """Close with a final `evicted` event saying why (per-user evict-oldest)."""
@@ -515,6 +551,60 @@ class Hub:
 
     def expire(self) -> None:
         self.store.expire(self._clock())
+
+    # -- state transfer -------------------------------------------------------
+
+    def export_state(self) -> HubState:
+        now = self._clock()
+
+        def retained(entry: Entry) -> RetainedEvent:
+            frame = entry.frame
+            return RetainedEvent(entry.seq, entry.topic, now - entry.ts, frame.raw, frame.chunked)
+
+        rings = []
+        for channel in [self._all, *self._topics.values(), *self._users.values()]:
+            latest = channel.latest
+            rings.append(
+                RingState(
+                    channel.key[0],
+                    channel.key[1],
+                    channel.evicted_max,
+                    [retained(e) for e in channel.entries],
+                    retained(latest) if latest is not None else None,
+                )
+            )
+        tombstones = [(kind, key, seq) for (kind, key), seq in self._tombstones.items()]
+        return HubState(self.head, rings, tombstones, self._forgotten_floor)
+
+    def import_state(self, state: HubState) -> None:
+        """Seed an empty hub; entries go through the same bounds as live ones."""
+        now = self._clock()
+        self.head = max(self.head, state.head)
+        self._forgotten_floor = state.forgotten_floor
+        self._tombstones = {(kind, key): seq for kind, key, seq in state.tombstones}
+        merged: list[tuple[RetainedEvent, Channel]] = []
+        for ring in state.rings:
+            if ring.kind == "all":
+                channel = self._all
+            elif ring.kind == "topic":
+                channel = self._topic(ring.key)
+            else:
+                channel = self._user(ring.key)
+            channel.evicted_max = max(channel.evicted_max, ring.evicted_max)
+            if ring.latest is not None:
+                latest = ring.latest
+                frame = sse.Frame.from_parts(latest.raw, latest.chunked)
+                channel.latest = Entry(latest.seq, frame, now - latest.age_s, channel, None)
+            merged.extend((entry, channel) for entry in ring.entries)
+        # The store's global order is by seq, as if they had been published here.
+        merged.sort(key=lambda pair: pair[0].seq)
+        for entry, channel in merged:
+            frame = sse.Frame.from_parts(entry.raw, entry.chunked)
+            self.store.retain(
+                channel, Entry(entry.seq, frame, now - entry.age_s, channel, entry.topic), False
+            )
+        for channel in [*self._topics.values(), *self._users.values()]:
+            self._maybe_prune(channel)
 
     # -- channel bookkeeping --------------------------------------------------
 

@@ -6,9 +6,13 @@ import logging
 import sys
 
 
-def setup(level: str) -> None:
+def setup(level: str, tag: str = "") -> None:
+    """`tag` names the process when there are several (workers: "w1", "w2", ...)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    where = f"[{tag}] " if tag else ""
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
+    )
     root = logging.getLogger("fanout")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

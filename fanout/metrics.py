@@ -1,13 +1,13 @@
 """GET /metrics: the /stats counters in Prometheus text format.
 
 prometheus_client renders the exposition format (escaping, TYPE/HELP lines, content
-type) so we don't hand-write it; a custom collector reads our plain-int counters at
-scrape time, so nothing is added to the hot path.
+type) so we don't hand-write it; a collector reads the /stats snapshot at scrape
+time, so nothing is added to the hot path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,11 +37,11 @@ _GAUGES = {
 
 
 class _Collector:
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
-        self._snapshot = snapshot
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._snapshot()
+        stats = self._stats
         for name, text in _COUNTERS.items():
             yield CounterMetricFamily(f"fanout_{name}", text, value=stats[name])
         for name, text in _GAUGES.items():
@@ -54,7 +54,8 @@ class _Collector:
         yield refused
 
 
-def renderer(snapshot: Callable[[], dict[str, Any]]) -> Callable[[], bytes]:
+def render(stats: dict[str, Any]) -> bytes:
+    """The /stats snapshot as Prometheus text (built per scrape; scrapes are rare)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(snapshot))
-    return lambda: generate_latest(registry)
+    registry.register(_Collector(stats))
+    return generate_latest(registry)

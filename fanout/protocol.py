@@ -14,12 +14,12 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 import h11
 
 from . import sse
-from .hub import Hub, Subscriber
+from .hub import Hub, Refusal, Subscriber
 from .pages import Pages
 from .subscribe import Identity, Page, Reject, Subscribe, parse, response
 from .wheel import Timer, Wheel
@@ -29,13 +29,15 @@ log = logging.getLogger("fanout.subscriber")
 
 class State(enum.Enum):
     READING_REQUEST = "reading request"
+    ADMITTING = "admitting"  # waiting for the supervisor's verdict (workers only)
     STREAMING = "streaming"
     MUST_CLOSE = "must close"  # an answer was sent; waiting for the transport to go
     CLOSED = "closed"
 
 
 _TRANSITIONS = {
-    State.READING_REQUEST: {State.STREAMING, State.MUST_CLOSE, State.CLOSED},
+    State.READING_REQUEST: {State.ADMITTING, State.STREAMING, State.MUST_CLOSE, State.CLOSED},
+    State.ADMITTING: {State.STREAMING, State.MUST_CLOSE, State.CLOSED},
     State.STREAMING: {State.CLOSED},
     State.MUST_CLOSE: {State.CLOSED},
     State.CLOSED: set(),
@@ -44,6 +46,16 @@ _TRANSITIONS = {
 
 class IllegalTransition(RuntimeError):
     pass
+
+
+class Gatekeeper(Protocol):
+    """Admits connections for a worker, across workers (the supervisor decides)."""
+
+    def ask(self, proto: SubscriberProtocol, sub: Subscriber) -> None:
+        """Answer later with `proto.admitted(refusal)`."""
+
+    def closed(self, sub: Subscriber) -> None:
+        """An admitted connection has gone."""
 
 
 @dataclass(slots=True)
@@ -64,6 +76,8 @@ class Shared:
     all_closed: asyncio.Event | None = None
     # /fanout.js and the demo: answered whole, then the connection closes.
     pages: Pages = field(default_factory=Pages)
+    # None in a single process: the hub admits on its own.
+    gatekeeper: Gatekeeper | None = None
 
 
 class TimerTarget:
@@ -78,6 +92,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         "_identity",
         "_parser",
         "_received",
+        "_request",
         "_shared",
         "_state",
         "_sub",
@@ -98,6 +113,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         # h11 bounds only an incomplete head; a large head that arrives in one read
         # would pass, so the bytes before the request completes are counted here.
         self._received = 0
+        self._request: Subscribe | None = None  # while ADMITTING
 
     def _set_state(self, new: State) -> None:
         if new not in _TRANSITIONS[self._state]:
@@ -153,8 +169,10 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         if self._timer is not None:
             shared.wheel.cancel(self._timer)
             self._timer = None
-        if self._sub is not None:
+        if self._sub is not None and self._state is State.STREAMING:
             shared.hub.close(self._sub)
+            if shared.gatekeeper is not None:
+                shared.gatekeeper.closed(self._sub)
         if self._state is not State.CLOSED:
             self._set_state(State.CLOSED)
         self._parser = None
@@ -163,7 +181,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
 
     def on_timer(self, now: float) -> None:
         self._timer = None
-        if self._state is State.READING_REQUEST:
+        if self._state in (State.READING_REQUEST, State.ADMITTING):
             self._shared.hub.stats.timeouts += 1
             log.info("closed %s: headers not complete in time", self._peer())
             self._close_quietly()
@@ -196,18 +214,42 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         if isinstance(result, Page):
             self._answer_page(result)
             return
-        refusal = shared.hub.refusal(result.user)
+        transport = self._transport
+        assert transport is not None
+        hub = shared.hub
+        if shared.gatekeeper is not None:
+            self._set_state(State.ADMITTING)
+            self._request = result
+            self._sub = hub.new_subscriber(transport, result.chunked, result.user, result.topics)
+            shared.gatekeeper.ask(self, self._sub)
+            return
+        refusal = hub.refusal(result.user)
         if refusal is not None:
             self._refuse(refusal.status, refusal.reason, refusal.headers)
             return
-        self._stream(result)
+        sub = hub.new_subscriber(transport, result.chunked, result.user, result.topics)
+        self._stream(result, sub)
 
-    def _stream(self, request: Subscribe) -> None:
+    def admitted(self, refusal: Refusal | None) -> None:
+        """The supervisor's verdict on a connection in ADMITTING."""
+        sub, request = self._sub, self._request
+        assert sub is not None
+        self._request = None
+        if self._state is not State.ADMITTING or request is None:
+            # Gone while waiting: give the slot it was granted back.
+            if refusal is None and self._shared.gatekeeper is not None:
+                self._shared.gatekeeper.closed(sub)
+            return
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.reason, refusal.headers)
+            return
+        self._stream(request, sub)
+
+    def _stream(self, request: Subscribe, sub: Subscriber) -> None:
         shared = self._shared
         transport = self._transport
         assert transport is not None
         hub = shared.hub
-        sub = hub.new_subscriber(transport, request.chunked, request.user, request.topics)
         opening = hub.open(sub, request.last_event_id)
         head = sse.STREAM_HEAD_CHUNKED if request.chunked else sse.STREAM_HEAD_RAW
         transport.write(head + opening)
@@ -249,7 +291,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
 
     def close_if_reading(self) -> None:
         """On shutdown: a connection that has not finished its request is just closed."""
-        if self._state is State.READING_REQUEST:
+        if self._state in (State.READING_REQUEST, State.ADMITTING):
             self._close_quietly()
 
     def abort(self) -> None:

@@ -75,7 +75,14 @@ def _umask(mask: int) -> Iterator[None]:
 
 class Server:
     def __init__(
-        self, config: Config, config_path: str | None = None, log_level: str | None = None
+        self,
+        config: Config,
+        config_path: str | None = None,
+        log_level: str | None = None,
+        *,
+        epoch: str | None = None,
+        conn_prefix: str | None = None,
+        own_admission: bool = True,
     ) -> None:
         self.config = config
         # SIGHUP re-reads this file; `log_level` is a --log-level that outranks it.
@@ -91,12 +98,14 @@ class Server:
         self.listeners: list[str] = []
         limits, stream = config.limits, config.stream
         self.hub = Hub(
-            epoch=new_epoch(),
+            epoch=epoch or new_epoch(),
             limits=limits,
             stream=stream,
             replay=config.replay,
             clock=self._loop.time,
             schedule_flush=self._flush_scheduler(stream.flush_interval_ms),
+            conn_prefix=conn_prefix,
+            own_admission=own_admission,
         )
         tick = max(0.005, min(0.25, stream.heartbeat_interval_s / 8, limits.header_timeout_s / 8))
         self.wheel: Wheel[TimerTarget] = Wheel(tick, 512, self._loop.time())
@@ -133,7 +142,7 @@ class Server:
                 await self._listen_tcp(listener.tcp, factory)
             else:
                 await self._listen_unix(listener.unix, listener.unix_mode, factory)
-        api = ControlApi(self.hub, self.info)
+        api = ControlApi(self.hub, self.snapshot)
         control = functools.partial(ControlProtocol, api, config.control.max_body_bytes)
         await self._listen_unix(config.control.socket, config.control.socket_mode, control)
         self._tick_handle = self._loop.call_soon(self._tick)
@@ -165,6 +174,10 @@ class Server:
         self._servers.append(server)
         self._unix_paths.append(path)
         self.listeners.append(f"unix:{path}")
+
+    def snapshot(self) -> dict[str, Any]:
+        hub = self.hub
+        return {**self.info(), **hub.counts(), **hub.stats.as_dict()}
 
     def info(self) -> dict[str, Any]:
         return {

@@ -328,3 +328,26 @@ def test_shutdown_sends_jittered_retry_and_closes():
     refusal = hub.refusal(None)
     assert refusal is not None
     assert refusal.status == 503
+
+
+def test_exported_state_seeds_another_hub_with_the_same_replay():
+    import msgspec
+
+    from fanout.hub import HubState
+
+    source, _ = make_hub(replay=Replay(max_events_per_topic=3, latest_value_topics=["p:*"]))
+    for n in range(5):
+        source.publish("a", "m", b"%d" % n)
+    source.publish("p:1", "progress", b"50")
+    source.notify("u", "m", b"note")
+    wire = msgspec.msgpack.encode(source.export_state())
+    seeded, _ = make_hub(replay=Replay(max_events_per_topic=3, latest_value_topics=["p:*"]))
+    seeded.import_state(msgspec.msgpack.decode(wire, type=HubState))
+    assert seeded.head == source.head
+    # Same replay after a retained id, same reset for an evicted one.
+    _, t = connect(seeded, ["a"], last_id="e-3", user="u")
+    assert published(t) == ["3", "4", "note"]
+    _, stale = connect(seeded, ["a"], last_id="e-1")
+    assert stale.events()[0][1] == "reset"
+    _, fresh = connect(seeded, ["p:1"])
+    assert fresh.events()[-1] == (None, "progress", "50")
