@@ -258,7 +258,7 @@ class Server:
             log.warning("reload: %s changed but needs a restart; keeping the running value", key)
         log.info(
             "reloaded %s: %s",
-            self._config_path,
+            self._config_path or "settings from the supervisor",
             ", ".join(plan.applied) if plan.applied else "no live setting changed",
         )
 

@@ -172,6 +172,13 @@ class Supervisor:
 
     async def start(self) -> None:
         self._bind_listeners()
+        for index in range(1, self.count + 1):
+            self._spawn(index)
+        try:
+            await asyncio.wait_for(self._all_ready.wait(), READY_DEADLINE_S)
+        except TimeoutError:
+            raise StartupError("workers did not start in time; see their log lines") from None
+        # Last: a control socket that answers means every worker accepts connections.
         api = ControlApi(self, self.snapshot)
         factory = functools.partial(ControlProtocol, api, self.config.control.max_body_bytes)
         path = self.config.control.socket
@@ -184,12 +191,6 @@ class Supervisor:
             raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
         self._unix_paths.append(path)
         self.listeners.append(f"unix:{path}")
-        for index in range(1, self.count + 1):
-            self._spawn(index)
-        try:
-            await asyncio.wait_for(self._all_ready.wait(), READY_DEADLINE_S)
-        except TimeoutError:
-            raise StartupError("workers did not start in time; see their log lines") from None
         self._expire()
 
     # -- workers --------------------------------------------------------------
