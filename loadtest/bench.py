@@ -16,9 +16,12 @@ import json
 import math
 import multiprocessing as mp
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from array import array
 from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection, wait
@@ -48,16 +51,17 @@ class Scenario:
     servers: tuple[str, ...] = ("fanout", "nchan")
     duration_s: float = 60.0
     note: str = ""
+    repeat: int = 1  # runs per server, interleaved; the median run is reported
 
 
 # Server variants: "fanout", "fanout+flush5" (flush_interval_ms = 5), "nchan".
 FULL = [
-    Scenario("s1-5k", 5_000, 100, 10, note="one event at a time, 5,000 subs, 10 ev/s"),
-    Scenario("s1-10k", 10_000, 200, 20, note="one event at a time, 10,000 subs, 20 ev/s"),
+    Scenario("s1-5k", 5_000, 100, 10, note="one event at a time, 5,000 subs, 10 ev/s", repeat=3),
+    Scenario("s1-10k", 10_000, 200, 20, note="one event at a time, 10,000 subs, 20 ev/s", repeat=3),
     Scenario(
         "s2-single",
         1_000,
-        5_000,
+        2_000,
         1_000,
         publishers=8,
         servers=("fanout", "fanout+flush5", "nchan"),
@@ -66,15 +70,15 @@ FULL = [
     Scenario(
         "s2-ndjson",
         1_000,
-        5_000,
+        2_000,
         1_000,
         publishers=8,
         batch=20,
         servers=("fanout", "fanout+flush5"),
         note="same rate as NDJSON batches of 20 (nchan has no batches: see s2-single)",
     ),
-    Scenario("s5-1k", 1_000, 200, 20, note="cost growth: 1,000 subs, 20 ev/s"),
-    Scenario("s5-5k", 5_000, 200, 20, note="cost growth: 5,000 subs, 20 ev/s"),
+    Scenario("s5-1k", 1_000, 200, 20, note="cost growth: 1,000 subs, 20 ev/s", repeat=3),
+    Scenario("s5-5k", 5_000, 200, 20, note="cost growth: 5,000 subs, 20 ev/s", repeat=3),
     Scenario(
         "s4-19k",
         19_000,
@@ -91,11 +95,12 @@ SMOKE = [
 ]
 
 
-def make_server(kind: str, workdir: Path) -> Server:
+def make_server(kind: str, workdir: Path, fanout_src: str | None = None) -> Server:
     if kind == "fanout":
-        return Fanout(workdir, TOPIC).start()
+        return Fanout(workdir, TOPIC, src=fanout_src).start()
     if kind.startswith("fanout+flush"):
-        return Fanout(workdir, TOPIC, float(kind.removeprefix("fanout+flush"))).start()
+        flush_ms = float(kind.removeprefix("fanout+flush"))
+        return Fanout(workdir, TOPIC, flush_ms, src=fanout_src).start()
     if kind == "nchan":
         return Nchan(workdir, TOPIC).start()
     raise ValueError(f"unknown server {kind!r}")
@@ -191,13 +196,40 @@ class Workers:
             pipe.close()
 
 
-def run_one(scn: Scenario, kind: str, log: Any) -> dict[str, Any]:
+def start_profiler(server: Server, scn: Scenario, kind: str, out_dir: Path) -> Any:
+    """py-spy on the daemon for the publish phase (fanout only): collapsed stacks."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"profile-{scn.name}-{kind}.txt"
+    pid, seconds = str(server.pids()[0]), str(int(scn.duration_s + 60))
+    args = [spy, "record", "--pid", pid, "--rate", "250", "--nonblocking", "--format", "raw"]
+    args += ["--output", str(out), "--duration", seconds]
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(spy: Any) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait(5)
+
+
+def run_one(
+    scn: Scenario, kind: str, log: Any, fanout_src: str | None, profile: Path | None = None
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="fo-bench-", dir="/tmp"))
     server: Server | None = None
     workers: Workers | None = None
     pub_proc = None
+    spy = None
     try:
-        server = make_server(kind, workdir)
+        server = make_server(kind, workdir, fanout_src)
         spids = server.pids()
         rss0 = rss_bytes(spids)
         lifetime = scn.duration_s + 240
@@ -206,7 +238,8 @@ def run_one(scn: Scenario, kind: str, log: Any) -> dict[str, Any]:
         ok, failed, connect_s = workers.connected(180)
         connect_wall = time.monotonic() - t_connect
         if failed:
-            log(f"  {failed} of {scn.subs} subscribers failed to connect")
+            log(f"  {failed} of {scn.subs} subscribers failed to connect; server log:")
+            log("    " + server.log_tail()[-600:].replace("\n", "\n    "))
         spids = server.pids()
         rss1 = rss_bytes(spids)
         received0, _, gen_cpu0 = workers.counts()
@@ -229,6 +262,8 @@ def run_one(scn: Scenario, kind: str, log: Any) -> dict[str, Any]:
         pub_proc.start()
         child.close()
 
+        if profile is not None and kind.startswith("fanout"):
+            spy = start_profiler(server, scn, kind, profile)
         cpu0 = cpu_seconds(spids)
         t0 = time.time()
         pub_pipe.send("go")
@@ -253,6 +288,9 @@ def run_one(scn: Scenario, kind: str, log: Any) -> dict[str, Any]:
                 if total - received0 >= expected or now - last_change > quiet_s:
                     break
         cpu1 = cpu_seconds(spids)
+        if spy is not None:
+            stop_profiler(spy)
+            spy = None
         t_done = last_change
         received, closed, gen_cpu1 = workers.counts()
         lat = workers.latencies()
@@ -294,6 +332,8 @@ def run_one(scn: Scenario, kind: str, log: Any) -> dict[str, Any]:
             "wall_s": span,
         }
     finally:
+        if spy is not None:
+            stop_profiler(spy)
         if pub_proc is not None and pub_proc.is_alive():
             pub_proc.kill()
             pub_proc.join(5)
@@ -314,6 +354,7 @@ COLUMNS = [
     ("deliveries_per_s", "deliv/s", "{:,.0f}"),
     ("daemon_cpu_s", "daemon CPU s", "{:.2f}"),
     ("deliveries_per_cpu_s", "deliv/CPU-s", "{:,.0f}"),
+    ("deliveries_per_cpu_s_all", "range (runs)", None),
     ("cpu_us_per_delivery", "µs/deliv", "{:.2f}"),
     ("latency_ms_p50", "p50 ms", "{:.1f}"),
     ("latency_ms_p99", "p99 ms", "{:.1f}"),
@@ -338,6 +379,11 @@ RATIO_KEYS = [
 def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
     if key == "delivered":
         return f"{row['delivered']:,}/{row['expected']:,}"
+    if key == "deliveries_per_cpu_s_all":
+        values = [v for v in row[key] if v is not None]
+        if len(values) < 2:
+            return "-"
+        return f"{min(values) / 1000:,.0f}k-{max(values) / 1000:,.0f}k ({len(values)})"
     value = row.get(key)
     if value is None:
         return "-"
@@ -385,7 +431,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="a few seconds, small: checks loss")
     p.add_argument("--scenarios", help="comma-separated names (default: all of the mode)")
     p.add_argument("--servers", help="comma-separated: fanout, fanout+flush5, nchan")
+    p.add_argument("--repeat", type=int, help="runs per scenario and server (median shown)")
     p.add_argument("--json", type=Path, help="where to write the results (default: results/)")
+    p.add_argument(
+        "--fanout-src",
+        help="directory holding the fanout package to benchmark (default: the installed one), "
+        "e.g. a `git archive HEAD fanout` snapshot while the work tree is being edited",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run py-spy on fanout during publishing; collapsed stacks go to this directory "
+        "(the figures of a profiled run carry the sampler's overhead)",
+    )
     custom = p.add_argument_group("a custom scenario instead of the built-in ones")
     custom.add_argument("--subs", type=int, help="N subscribers")
     custom.add_argument("--events", type=int, default=1_000_000, help="E events (default: many)")
@@ -425,16 +483,50 @@ def select(args: argparse.Namespace) -> list[tuple[Scenario, str]]:
         if only is not None:
             servers = tuple(s for s in servers if s in only)
             scn = replace(scn, servers=servers)
-        for kind in servers:
-            runs.append((scn, kind))
+        if args.repeat:
+            scn = replace(scn, repeat=args.repeat)
+        for _ in range(scn.repeat):
+            for kind in servers:  # interleaved, so drifts of the machine hit both
+                runs.append((scn, kind))
     return runs
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (scenario, server): the run with the median deliveries per CPU-s,
+    with every run's main figures beside it and the loss summed over all runs."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["scenario"], row["server"]), []).append(row)
+    out = []
+    for group in groups.values():
+        ranked = sorted(group, key=lambda r: r["deliveries_per_cpu_s"] or 0)
+        row = dict(ranked[(len(ranked) - 1) // 2])
+        row["runs"] = len(group)
+        row["deliveries_per_cpu_s_all"] = [r["deliveries_per_cpu_s"] for r in group]
+        row["latency_ms_p99_all"] = [r["latency_ms_p99"] for r in group]
+        row["lost_all_runs"] = sum(r["lost"] for r in group)
+        out.append(row)
+    return out
+
+
+def _git_head() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip()
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = select(args)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    rows: list[dict[str, Any]] = []
+    all_rows: list[dict[str, Any]] = []
     failures: list[str] = []
     for scn, kind in runs:
         if kind == "nchan" and not Nchan.available():
@@ -443,17 +535,18 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{scn.name} / {kind}: {scn.subs:,} subs, {scn.events:,} events at {scn.rate:g}/s")
         started = time.monotonic()
         try:
-            row = run_one(scn, kind, log)
+            row = run_one(scn, kind, log, args.fanout_src, args.profile)
         except (ServerError, RuntimeError, TimeoutError, OSError) as exc:
             failures.append(f"{scn.name} / {kind}: {exc}")
-            log(f"  FAILED: {exc}")
+            log(f"  FAILED: {exc}\n{traceback.format_exc()}")
             continue
-        rows.append(row)
+        all_rows.append(row)
         log(
             f"  {row['delivered']:,}/{row['expected']:,} delivered, "
             f"{row['deliveries_per_cpu_s'] or 0:,.0f} deliveries per CPU-s, "
             f"p99 {row['latency_ms_p99'] or 0:.1f} ms ({time.monotonic() - started:.0f} s)"
         )
+    rows = medians(all_rows)
     out = args.json
     if out is None:
         RESULTS.mkdir(exist_ok=True)
@@ -461,8 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join(["python -m loadtest.bench", *(argv or sys.argv[1:])]),
         "machine": {"cpus": mp.cpu_count(), "python": sys.version.split()[0]},
+        "fanout_src": args.fanout_src or "installed package",
+        "git_head": _git_head(),
         "scenarios": [asdict(s) for s in {s.name: s for s, _ in runs}.values()],
         "results": rows,
+        "all_runs": all_rows,
         "ratios": ratios(rows),
         "failures": failures,
     }

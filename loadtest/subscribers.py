@@ -167,6 +167,9 @@ async def _serve(pipe: Connection, spec: WorkerSpec) -> None:
     pipe.send(("connected", spec.count - failures, failures, elapsed))
     commands: asyncio.Queue[object] = asyncio.Queue()
     loop.add_reader(pipe.fileno(), lambda: commands.put_nowait(pipe.recv()))
+    # The loop made the pipe non-blocking; a large answer (latencies) must not fail
+    # with EAGAIN half-sent. Commands are read only when readable, so this never stalls.
+    os.set_blocking(pipe.fileno(), True)
     deadline = loop.time() + spec.lifetime_s
     while True:
         remaining = deadline - loop.time()

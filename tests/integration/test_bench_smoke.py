@@ -37,6 +37,7 @@ def test_smoke_loses_nothing(tmp_path: Path) -> None:
         assert row["expected"] == row["subs"] * row["events"] > 0, row
         assert row["delivered"] == row["expected"], row
         assert row["closed"] == 0, row
+        assert row["lost_all_runs"] == 0, row
         assert not row["publish_errors"], row
         assert row["latency_samples"] > 0, row
     if Nchan.available():
