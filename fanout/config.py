@@ -98,6 +98,21 @@ class Replay(Struct, frozen=True, forbid_unknown_fields=True):
     latest_value_topics: list[str] = msgspec.field(default_factory=list)
 
 
+class Backplane(Struct, frozen=True, forbid_unknown_fields=True):
+    """Several daemons (hosts) share events, ids and per-user limits through Redis."""
+
+    # "redis://host:6379/0" or "unix:///run/redis.sock"; empty: no backplane.
+    redis: str = ""
+    stream: str = "fanout:events"
+    # XADD MAXLEN ~: how far back a client can resume on any daemon.
+    max_len: Annotated[int, Meta(ge=100)] = 100_000
+    # Recent stream entries each daemon loads into its replay rings at start.
+    load_on_start: Annotated[int, Meta(ge=0)] = 10_000
+    # A daemon refreshes its users' connections this often / 3; the connections of
+    # a daemon that died stop counting after this.
+    user_ttl_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+
+
 class Log(Struct, frozen=True, forbid_unknown_fields=True):
     level: LogLevel = "info"
 
@@ -130,6 +145,7 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     stream: Stream = msgspec.field(default_factory=Stream)
     replay: Replay = msgspec.field(default_factory=Replay)
+    backplane: Backplane = msgspec.field(default_factory=Backplane)
     log: Log = msgspec.field(default_factory=Log)
     demo: Demo = msgspec.field(default_factory=Demo)
 
@@ -175,6 +191,15 @@ def _check(config: Config) -> None:
             raise ValueError(
                 'auth.mode = "header" needs a listener with trusted = true - at `$.listener`'
             )
+    if config.backplane.redis and not config.backplane.redis.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ValueError("expected redis://, rediss:// or unix:// - at `$.backplane.redis`")
+    if config.backplane.redis and config.workers != 1:
+        raise ValueError(
+            "a Redis backplane runs with workers = 1 (run one daemon per core instead)"
+            " - at `$.workers`"
+        )
     if config.auth.mode == "none" and not config.auth.allow_anonymous:
         raise ValueError(
             'auth.mode = "none" makes every connection anonymous - at `$.auth.allow_anonymous`'

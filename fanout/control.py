@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, Union, cast
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -42,22 +42,49 @@ def _error(status: int, message: str, allow: str = "") -> Answer:
     return Answer(status, orjson.dumps({"error": message}) + b"\n", allow=allow)
 
 
+def _delivered(d: Delivery) -> Answer:
+    return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+
+
+class ServiceUnavailable(Exception):
+    """The backend cannot publish safely now (the backplane is down): 503."""
+
+
+T = TypeVar("T")
+Maybe = Union[T, Awaitable[T]]  # noqa: UP007 - a generic alias needs Union here
+
+
 class Backend(Protocol):
-    """What publishes: the hub in a single process, the supervisor with workers."""
+    """What publishes: the hub in a single process, the supervisor with workers,
+    the Redis backplane across hosts (whose answers come asynchronously)."""
 
     @property
     def draining(self) -> bool: ...
 
-    def publish(
-        self, topic: str, event: str, payload: bytes, user: str | None = None
-    ) -> Delivery: ...
-    def broadcast(self, event: str, payload: bytes) -> Delivery: ...
-    def notify(self, user: str, event: str, payload: bytes) -> Delivery: ...
-    def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None: ...
+    def publish_many(
+        self, items: list[tuple[str, str, bytes, str | None]]
+    ) -> Maybe[list[Delivery]]: ...
+    def broadcast(self, event: str, payload: bytes) -> Maybe[Delivery]: ...
+    def notify(self, user: str, event: str, payload: bytes) -> Maybe[Delivery]: ...
+    def send(self, connection_id: str, event: str, payload: bytes) -> Maybe[Delivery | None]: ...
 
 
 Snapshot = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 Reply = Answer | Awaitable[Answer]
+
+
+def _then(value: Maybe[T], answer: Callable[[T], Answer]) -> Reply:
+    """Answer now, or when the backend's awaitable is done."""
+    if not isinstance(value, Awaitable):
+        return answer(value)
+
+    async def later(pending: Awaitable[T]) -> Answer:
+        try:
+            return answer(await pending)
+        except ServiceUnavailable as exc:
+            return _error(503, str(exc))
+
+    return later(value)
 
 
 class ControlApi:
@@ -90,41 +117,44 @@ class ControlApi:
         except BadRequest as exc:
             return _error(exc.status, str(exc))
 
-    def _publish(self, _: str, content_type: str, body: bytes) -> Answer:
+    def _publish(self, _: str, content_type: str, body: bytes) -> Reply:
         publications = decode_publish(body, content_type)
-        hub = self._hub
-        if media_type(content_type) not in NDJSON_TYPES:
-            p = publications[0]
-            d = hub.publish(p.topic, p.event, p.payload, p.user)
-            return _json(200, {"id": d.id, "sent": d.sent})
-        deliveries = [hub.publish(p.topic, p.event, p.payload, p.user) for p in publications]
-        return _json(
-            200,
-            {
-                "published": len(deliveries),
-                "ids": [d.id for d in deliveries],
-                "sent": [d.sent for d in deliveries],
-            },
-        )
+        items = [(p.topic, p.event, p.payload, p.user) for p in publications]
+        batch = media_type(content_type) in NDJSON_TYPES
 
-    def _broadcast(self, _: str, content_type: str, body: bytes) -> Answer:
+        def answer(deliveries: list[Delivery]) -> Answer:
+            if not batch:
+                return _json(200, {"id": deliveries[0].id, "sent": deliveries[0].sent})
+            return _json(
+                200,
+                {
+                    "published": len(deliveries),
+                    "ids": [d.id for d in deliveries],
+                    "sent": [d.sent for d in deliveries],
+                },
+            )
+
+        return _then(self._hub.publish_many(items), answer)
+
+    def _broadcast(self, _: str, content_type: str, body: bytes) -> Reply:
         p = decode_event(body, content_type)
-        d = self._hub.broadcast(p.event, p.payload)
-        return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+        return _then(self._hub.broadcast(p.event, p.payload), _delivered)
 
-    def _notify(self, user: str, content_type: str, body: bytes) -> Answer:
+    def _notify(self, user: str, content_type: str, body: bytes) -> Reply:
         if not is_user(user):
             raise BadRequest(f"invalid user {user[:80]!r}")
         p = decode_event(body, content_type)
-        d = self._hub.notify(user, p.event, p.payload)
-        return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+        return _then(self._hub.notify(user, p.event, p.payload), _delivered)
 
-    def _send(self, connection: str, content_type: str, body: bytes) -> Answer:
+    def _send(self, connection: str, content_type: str, body: bytes) -> Reply:
         p = decode_event(body, content_type)
-        d = self._hub.send(connection, p.event, p.payload)
-        if d is None:
-            return _error(404, f"no open connection with id {connection[:80]!r}")
-        return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+
+        def answer(d: Delivery | None) -> Answer:
+            if d is None:
+                return _error(404, f"no open connection with id {connection[:80]!r}")
+            return _delivered(d)
+
+        return _then(self._hub.send(connection, p.event, p.payload), answer)
 
     def _stats(self, _: str, __: str, ___: bytes) -> Reply:
         return self._with_snapshot(lambda stats: _json(200, stats))

@@ -125,6 +125,8 @@ class Channel(Ring):
 
 
 Target = Channel | Group
+# (seq, frame) of events read back from a shared stream, oldest first.
+Backfill = list[tuple[int, sse.Frame]]
 
 
 class RetainedEvent(msgspec.Struct, array_like=True):
@@ -250,6 +252,22 @@ class Hub:
     def connections(self) -> int:
         return len(self._subs)
 
+    def count_for(self, route: Route) -> int:
+        """How many of this hub's connections an event on `route` reaches."""
+        if route.kind == "all":
+            return len(self._subs)
+        if route.kind == "conn":
+            return 1 if route.key in self._subs else 0
+        if route.kind == "topic":
+            channel = self._topics.get(route.key)
+            return channel.count() if channel else 0
+        channel = self._users.get(route.key)
+        if channel is None:
+            return 0
+        if route.topic is None:
+            return channel.count()
+        return sum(1 for s in channel.subscribers() if route.topic in s.topics)
+
     def user_connections(self, user: str) -> int:
         channel = self._users.get(user)
         return channel.count() if channel is not None else 0
@@ -285,8 +303,14 @@ class Hub:
             f"{self._conn_prefix}.{self._serial}", self._serial, transport, chunked, user, topics
         )
 
-    def open(self, sub: Subscriber, last_event_id: str | None) -> bytes:
-        """Register a subscriber; returns the first bytes of its stream (after the head)."""
+    def open(
+        self, sub: Subscriber, last_event_id: str | None, backfill: Backfill | None = None
+    ) -> bytes:
+        """Register a subscriber; returns the first bytes of its stream (after the head).
+
+        `backfill`: events after `last_event_id` that the rings no longer hold, read
+        from a shared stream (the Redis backplane), oldest first.
+        """
         # Frames still queued were published before this connection existed: they
         # are in the rings already, and delivering them again would duplicate them.
         self.flush()
@@ -303,7 +327,7 @@ class Hub:
         for channel in channels:
             channel.add(sub)
         self._subs[sub.id] = sub
-        return self._opening(sub, last_event_id)
+        return self._opening(sub, last_event_id, backfill)
 
     def close(self, sub: Subscriber) -> None:
         """Unregister; idempotent (a dropped subscriber's transport reports later)."""
@@ -334,15 +358,10 @@ class Hub:
 
     def shutdown(self) -> int:
         """End every stream with a jittered `retry:` hint; returns how many were open."""
-        self.flush()
         self.draining = True
-        base = self._stream.retry_ms
-        spread = self._stream.shutdown_retry_spread_ms
-        subs = list(self._subs.values())
-        for sub in subs:
-            # Spread the reconnects of thousands of clients over `spread` ms.
-            self._finish(sub, sse.encode_retry(base + random.randint(0, spread)))
-        return len(subs)
+        # Spread over shutdown_retry_spread_ms, the reconnects of thousands of
+        # clients do not all land on the next daemon in the same instant.
+        return self.disconnect_all()
 
     def _finish(self, sub: Subscriber, body: bytes) -> None:
         self.close(sub)
@@ -359,6 +378,10 @@ class Hub:
         """Queue an event for a topic's subscribers (or one user's among them)."""
         route = Route("topic", topic) if user is None else Route("user", user, topic)
         return self._emit(route, event, payload)
+
+    def publish_many(self, items: list[tuple[str, str, bytes, str | None]]) -> list[Delivery]:
+        """(topic, event, payload, user) each; validated before, so all go out."""
+        return [self.publish(topic, event, payload, user) for topic, event, payload, user in items]
 
     def broadcast(self, event: str, payload: bytes) -> Delivery:
         return self._emit(Route("all", ""), event, payload)
@@ -378,6 +401,52 @@ class Hub:
         self.stats.published += 1
         body = sse.encode_event(payload, id=format_id(self.epoch, self.head), event=event)
         return self.head, sse.Frame(body)
+
+    def emit_at(self, route: Route, seq: int, event: str, payload: bytes) -> Delivery:
+        """Encode with an id assigned elsewhere (the backplane's stream), then deliver."""
+        self.stats.published += 1
+        body = sse.encode_event(payload, id=format_id(self.epoch, seq), event=event)
+        frame = sse.Frame(body)
+        if self.on_event is not None:
+            self.on_event(route, seq, frame)
+        return self.ingest(route, seq, frame)
+
+    def restart_epoch(self, epoch: str) -> None:
+        """The shared stream was lost (Redis restarted empty): start a new id space.
+
+        Every stream is ended with a retry hint; clients come back with ids from the
+        old epoch and are told, with a reset, that continuity was lost.
+        """
+        self.disconnect_all()
+        self.epoch = epoch
+        self.head = 0
+        self._pending = []
+        self._topics.clear()
+        self._users.clear()
+        self._all = Channel(("all", ""))
+        self._tombstones.clear()
+        self._forgotten_floor = 0
+        self.store = Store(
+            self.store.max_events, self.store.max_age_s, self.store.max_bytes, self._on_ring_emptied
+        )
+
+    def mark_gap(self, upto: int) -> None:
+        """Events up to `upto` may have been missed: resumes from before it get a reset,
+        and connected clients are sent away to resume (and learn it)."""
+        self._forgotten_floor = max(self._forgotten_floor, upto)
+        for channel in [self._all, *self._topics.values(), *self._users.values()]:
+            channel.evicted_max = max(channel.evicted_max, upto)
+        self.head = max(self.head, upto)
+        self.disconnect_all()
+
+    def disconnect_all(self) -> int:
+        """End every stream now with a jittered retry hint (clients resume)."""
+        self.flush()
+        subs = list(self._subs.values())
+        base, spread = self._stream.retry_ms, self._stream.shutdown_retry_spread_ms
+        for sub in subs:
+            self._finish(sub, sse.encode_retry(base + random.randint(0, spread)))
+        return len(subs)
 
     def _emit(self, route: Route, event: str, payload: bytes) -> Delivery:
         seq, frame = self.encode(event, payload)
@@ -485,32 +554,69 @@ class Hub:
 
     # -- replay ---------------------------------------------------------------
 
-    def _opening(self, sub: Subscriber, last_event_id: str | None) -> bytes:
+    def _opening(
+        self, sub: Subscriber, last_event_id: str | None, backfill: Backfill | None
+    ) -> bytes:
         frames: list[bytes] = [self._retry]
         since: int | None = None
         problem: str | None = None
+        older: list[bytes] = []
+        first_older = 0
         if last_event_id is not None:
             parsed = parse_id(last_event_id, self.epoch, self.head)
             if isinstance(parsed, IdProblem):
                 problem, since = parsed.value, 0
             else:
                 since = parsed
-                if any(ch.evicted_max > parsed for ch in sub.channels):
+                if backfill:
+                    # Events newer than our head come live once registered.
+                    kept = [(seq, frame) for seq, frame in backfill if seq <= self.head]
+                    if kept:
+                        older = [frame.raw for _, frame in kept]
+                        first_older, since = kept[0][0], kept[-1][0]
+                if any(ch.evicted_max > since for ch in sub.channels):
                     problem = "stale"
         entries = self._since(sub, since) if since is not None else []
         if problem is not None:
             frames.append(self._reset_body(sub, last_event_id, problem))
         first = entries[0].seq - 1 if entries else self.head
+        if older:
+            first = first_older - 1
         frames.append(self._connected_body(sub, first))
+        frames.extend(older)
         frames.extend(entry.frame.raw for entry in entries)
         if since is None:
             frames.extend(self._snapshots(sub))
         else:
             self.stats.replays += 1
-            self.stats.replayed_events += len(entries)
+            self.stats.replayed_events += len(entries) + len(older)
         if sub.chunked:
             return b"".join(sse.chunk(body) for body in frames)
         return b"".join(frames)
+
+    def covers(self, sub: Subscriber, last_event_id: str) -> bool:
+        """Whether the rings alone can resume `sub` from `last_event_id` (else: reset,
+        or a backfill from a shared stream). Unusable ids count as covered: they get
+        a reset whatever the stream holds."""
+        parsed = parse_id(last_event_id, self.epoch, self.head)
+        if isinstance(parsed, IdProblem):
+            return True
+        keys = [("topic", t) for t in sub.topics] + [("all", "")]
+        if sub.user is not None:
+            keys.append(("user", sub.user))
+        for kind, name in keys:
+            if kind == "all":
+                channel: Channel | None = self._all
+            else:
+                channel = (self._topics if kind == "topic" else self._users).get(name)
+            floor = (
+                channel.evicted_max
+                if channel
+                else self._tombstones.get((kind, name), self._forgotten_floor)
+            )
+            if floor > parsed:
+                return False
+        return True
 
     def _since(self, sub: Subscriber, seq: int) -> list[Entry]:
         runs = [ch.since(seq, sub.topics) for ch in sub.channels if ch.entries]

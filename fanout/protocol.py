@@ -19,7 +19,7 @@ from typing import Protocol, cast
 import h11
 
 from . import sse
-from .hub import Hub, Refusal, Subscriber
+from .hub import Backfill, Hub, Refusal, Subscriber
 from .pages import Pages
 from .subscribe import Identity, Page, Reject, Subscribe, parse, response
 from .wheel import Timer, Wheel
@@ -51,8 +51,8 @@ class IllegalTransition(RuntimeError):
 class Gatekeeper(Protocol):
     """Admits connections for a worker, across workers (the supervisor decides)."""
 
-    def ask(self, proto: SubscriberProtocol, sub: Subscriber) -> None:
-        """Answer later with `proto.admitted(refusal)`."""
+    def ask(self, proto: SubscriberProtocol, sub: Subscriber, last_event_id: str | None) -> None:
+        """Answer later with `proto.admitted(refusal, backfill)`."""
 
     def closed(self, sub: Subscriber) -> None:
         """An admitted connection has gone."""
@@ -221,7 +221,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
             self._set_state(State.ADMITTING)
             self._request = result
             self._sub = hub.new_subscriber(transport, result.chunked, result.user, result.topics)
-            shared.gatekeeper.ask(self, self._sub)
+            shared.gatekeeper.ask(self, self._sub, result.last_event_id)
             return
         refusal = hub.refusal(result.user)
         if refusal is not None:
@@ -230,8 +230,8 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         sub = hub.new_subscriber(transport, result.chunked, result.user, result.topics)
         self._stream(result, sub)
 
-    def admitted(self, refusal: Refusal | None) -> None:
-        """The supervisor's verdict on a connection in ADMITTING."""
+    def admitted(self, refusal: Refusal | None, backfill: Backfill | None = None) -> None:
+        """The gatekeeper's verdict on a connection in ADMITTING."""
         sub, request = self._sub, self._request
         assert sub is not None
         self._request = None
@@ -243,14 +243,16 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         if refusal is not None:
             self._refuse(refusal.status, refusal.reason, refusal.headers)
             return
-        self._stream(request, sub)
+        self._stream(request, sub, backfill)
 
-    def _stream(self, request: Subscribe, sub: Subscriber) -> None:
+    def _stream(
+        self, request: Subscribe, sub: Subscriber, backfill: Backfill | None = None
+    ) -> None:
         shared = self._shared
         transport = self._transport
         assert transport is not None
         hub = shared.hub
-        opening = hub.open(sub, request.last_event_id)
+        opening = hub.open(sub, request.last_event_id, backfill)
         head = sse.STREAM_HEAD_CHUNKED if request.chunked else sse.STREAM_HEAD_RAW
         transport.write(head + opening)
         self._sub = sub

@@ -7,17 +7,18 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import signal
 import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, logs, systemd
 from .config import Config, ConfigError, load, parse_tcp
-from .control import ControlApi, ControlProtocol
+from .control import Backend, ControlApi, ControlProtocol
 from .demo import start_demo
 from .hub import Hub
 from .ids import new_epoch
@@ -25,6 +26,9 @@ from .protocol import Shared, SubscriberProtocol, TimerTarget
 from .reload import plan as plan_reload
 from .subscribe import Identity
 from .wheel import Wheel
+
+if TYPE_CHECKING:
+    from .backplane import Backplane
 
 log = logging.getLogger("fanout.server")
 
@@ -104,7 +108,9 @@ class Server:
             replay=config.replay,
             clock=self._loop.time,
             schedule_flush=self._flush_scheduler(stream.flush_interval_ms),
-            conn_prefix=conn_prefix,
+            # On a backplane, a connection id must be unique across daemons (a
+            # `send` to it travels through the shared stream).
+            conn_prefix=conn_prefix or (secrets.token_hex(5) if config.backplane.redis else None),
             own_admission=own_admission,
         )
         tick = max(0.005, min(0.25, stream.heartbeat_interval_s / 8, limits.header_timeout_s / 8))
@@ -122,6 +128,7 @@ class Server:
         )
         self._next_expire = 0.0
         self._tick_handle: asyncio.Handle | None = None
+        self.backplane: Backplane | None = None
 
     def _flush_scheduler(self, interval_ms: float) -> Callable[[Callable[[], None]], object]:
         if interval_ms <= 0:
@@ -133,6 +140,21 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
+        backend: Backend = self.hub
+        if config.backplane.redis:
+            # First: the epoch and the recent events come from Redis, and must be
+            # in place before the first subscriber or publisher is let in.
+            from .backplane import Backplane, BackplaneBackend, BackplaneGate, Unavailable
+
+            self.backplane = Backplane(config.backplane, config.limits, self.hub)
+            try:
+                await self.backplane.start()
+            except Unavailable as exc:
+                raise StartupError(str(exc)) from None
+            self.shared.gatekeeper = BackplaneGate(
+                self.hub, self.backplane, lambda: self.config.limits
+            )
+            backend = BackplaneBackend(self.hub, self.backplane)
         auth = config.auth
         header = auth.header.lower().encode() if auth.mode == "header" else None
         for listener in config.listener:
@@ -142,7 +164,7 @@ class Server:
                 await self._listen_tcp(listener.tcp, factory)
             else:
                 await self._listen_unix(listener.unix, listener.unix_mode, factory)
-        api = ControlApi(self.hub, self.snapshot)
+        api = ControlApi(backend, self.snapshot)
         control = functools.partial(ControlProtocol, api, config.control.max_body_bytes)
         await self._listen_unix(config.control.socket, config.control.socket_mode, control)
         self._tick_handle = self._loop.call_soon(self._tick)
@@ -295,6 +317,8 @@ class Server:
                 proto.abort()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        if self.backplane is not None:
+            await self.backplane.stop()
         for path in self._unix_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -312,6 +312,10 @@ class Supervisor:
         sent = self.registry.on_topic(topic, user)
         return Delivery(d.id, sent, sent)
 
+    def publish_many(self, items: list[tuple[str, str, bytes, str | None]]) -> list[Delivery]:
+        """(topic, event, payload, user) each; validated before, so all go out."""
+        return [self.publish(topic, event, payload, user) for topic, event, payload, user in items]
+
     def broadcast(self, event: str, payload: bytes) -> Delivery:
         d = self.hub.broadcast(event, payload)
         return Delivery(d.id, len(self.registry), len(self.registry))

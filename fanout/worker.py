@@ -59,7 +59,7 @@ class WorkerLink(asyncio.Protocol):
 
     # -- Gatekeeper -----------------------------------------------------------
 
-    def ask(self, proto: SubscriberProtocol, sub: Subscriber) -> None:
+    def ask(self, proto: SubscriberProtocol, sub: Subscriber, last_event_id: str | None) -> None:
         self._waiting[sub.id] = proto
         self.send(link.Admit(sub.id, sub.user, sorted(sub.topics)))
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real programs the integration tests start (Debian packages).
-DEBIAN_PACKAGES=(nginx libnginx-mod-nchan chromium chromium-driver)
+DEBIAN_PACKAGES=(nginx libnginx-mod-nchan chromium chromium-driver redis-server)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
+import orjson
 import pytest
 
 from fanout.client import AsyncPublisher
 from tests.sse_client import subscribe
 
 pytestmark = pytest.mark.integration
-
-ID_LINE = re.compile(rb"(?:^|\n)id: ([0-9a-f]+-(\d+))\nevent: (\w+)\n")
 
 
 class Resumer(asyncio.Protocol):
@@ -27,6 +25,14 @@ class Resumer(asyncio.Protocol):
         self.ready = asyncio.Event()
         self.gone = asyncio.Event()
         self.resets: list[str] = []
+        self._progress = asyncio.Event()
+
+    async def until(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until `count` events have been recorded (in the shared list)."""
+        async with asyncio.timeout(timeout):
+            while len(self.seqs) < count:
+                self._progress.clear()
+                await self._progress.wait()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -44,17 +50,20 @@ class Resumer(asyncio.Protocol):
             self.buf = buf
             return
         complete, self.buf = buf[: cut + 2], buf[cut + 2 :]
-        for m in ID_LINE.finditer(complete):
-            self.last_id = m.group(1).decode()
-            event = m.group(3)
+        for block in complete.split(b"\n\n"):
+            fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+            if b"id" in fields:
+                self.last_id = fields[b"id"].decode()
+            event = fields.get(b"event")
             if event == b"connected":
                 self.ready.set()
             elif event == b"end":
                 self.end_seen.set()
             elif event == b"reset":
-                self.resets.append(self.last_id)
-            else:
-                self.seqs.append(int(m.group(2)))
+                self.resets.append(orjson.loads(fields[b"data"])["lastEventId"])
+            elif event is not None and b"id" in fields:
+                self.seqs.append(int(fields[b"id"].rsplit(b"-", 1)[1]))
+        self._progress.set()
 
 
 async def open_resumer(daemon, target: str, last_id: str | None, seqs: list[int]) -> Resumer:
