@@ -117,10 +117,15 @@ class DemoPublisher:
             log.debug("demo notification not published: %s", exc)
 
 
-def start_demo(config: Config, pages: Pages) -> DemoPublisher:
-    """Start the demo publisher and let the pages serve /demo; call once the daemon is up."""
+def start_demo(config: Config, pages: Pages, ambient: bool = True) -> DemoPublisher:
+    """Start the demo publisher and let the pages serve /demo; call once the daemon is up.
+
+    `ambient=False` (workers other than the first): jobs only, so the counter and the
+    notifications are published once, not once per worker.
+    """
     demo = DemoPublisher(config.control.socket, config.demo)
     pages.demo = demo
-    demo.start()
+    if ambient:
+        demo.start()
     log.info("demo page at /demo on the public listeners")
     return demo

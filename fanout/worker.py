@@ -174,9 +174,18 @@ async def run(link_fd: int) -> None:
     log.info("worker %d ready (pid %d)", hello.index, os.getpid())
     lost = asyncio.ensure_future(worker_link.lost.wait())
     stopped = asyncio.ensure_future(server.wait_stopped())
+    demo = None
+    if hello.config.demo.enabled:
+        from .demo import start_demo
+
+        # Jobs start on whichever worker serves the page; the ambient counter and
+        # notifications come from the first worker only.
+        demo = start_demo(hello.config, server.shared.pages, ambient=hello.index == 1)
     await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if lost.done() and not stopped.done():
         log.warning("supervisor is gone: draining")
     lost.cancel()
     stopped.cancel()
+    if demo is not None:
+        await demo.stop()
     await server.drain(server.config.stream.shutdown_timeout_s)
