@@ -77,6 +77,26 @@ def _umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
+def reread_config(path: str | None, draining: bool) -> Config | None:
+    """On SIGHUP: the file's settings, or None (said in the log) to keep the running ones.
+
+    Tells systemd it is reloading; on None it has been told it is ready again.
+    """
+    if draining:
+        log.info("received SIGHUP while draining: ignored")
+        return None
+    if path is None:
+        log.warning("received SIGHUP, but no config file was given (-c): nothing to reload")
+        return None
+    systemd.reloading()
+    try:
+        return load(path)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the running settings: %s", exc)
+        systemd.ready("reload failed")
+        return None
+
+
 class Server:
     def __init__(
         self,
@@ -244,20 +264,9 @@ class Server:
 
     def reload(self) -> None:
         """Re-read the config file; apply what can change without dropping anyone."""
-        if self._stop.is_set():
-            log.info("received SIGHUP while draining: ignored")
-            return
-        if self._config_path is None:
-            log.warning("received SIGHUP, but no config file was given (-c): nothing to reload")
-            return
-        systemd.reloading()
-        try:
-            new = load(self._config_path)
-        except ConfigError as exc:
-            log.error("reload failed, keeping the running settings: %s", exc)
-        else:
+        new = reread_config(self._config_path, self._stop.is_set())
+        if new is not None:
             self._apply(new)
-        finally:
             systemd.ready("reloaded")
 
     def _apply(self, new: Config) -> None:

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from . import __version__, link, logs, systemd
-from .config import Config, ConfigError, load, parse_tcp, worker_count
+from .config import Config, parse_tcp, worker_count
 from .control import ControlApi, ControlProtocol
 from .hub import Delivery, Hub, Route
 from .ids import format_id, new_epoch
 from .registry import Registry
 from .reload import plan as plan_reload
-from .server import EXPIRE_EVERY_S, StartupError, _umask, prepare_unix_path
+from .server import EXPIRE_EVERY_S, StartupError, _umask, prepare_unix_path, reread_config
 from .sse import Frame
 
 log = logging.getLogger("fanout.supervisor")
@@ -397,17 +397,8 @@ class Supervisor:
             self._force.set()
 
     def reload(self) -> None:
-        if self._stopping:
-            return
-        if self._config_path is None:
-            log.warning("received SIGHUP, but no config file was given (-c): nothing to reload")
-            return
-        systemd.reloading()
-        try:
-            new = load(self._config_path)
-        except ConfigError as exc:
-            log.error("reload failed, keeping the running settings: %s", exc)
-            systemd.ready("reload failed")
+        new = reread_config(self._config_path, self._stopping)
+        if new is None:
             return
         plan = plan_reload(self.config, new)
         self.config = plan.config
