@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from .publisher import PublishSpec, publisher_main
-from .servers import Fanout, Nchan, Server, ServerError, cpu_seconds, rss_bytes
+from .servers import (
+    Fanout,
+    Nchan,
+    Server,
+    ServerError,
+    cpu_seconds,
+    rss_bytes,
+    softnet_drops,
+)
 from .subscribers import WorkerSpec, worker_main
 
 TOPIC = "bench"
@@ -202,7 +210,8 @@ def start_profiler(server: Server, scn: Scenario, kind: str, out_dir: Path) -> A
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"profile-{scn.name}-{kind}.txt"
     pid, seconds = str(server.pids()[0]), str(int(scn.duration_s + 60))
-    args = [spy, "record", "--pid", pid, "--rate", "250", "--nonblocking", "--format", "raw"]
+    args = [spy, "record", "--pid", pid, "--subprocesses", "--rate", "250", "--nonblocking"]
+    args += ["--format", "raw"]
     args += ["--output", str(out), "--duration", seconds]
     return subprocess.Popen(
         args,
@@ -232,6 +241,7 @@ def run_one(
         server = make_server(kind, workdir, fanout_src)
         spids = server.pids()
         rss0 = rss_bytes(spids)
+        drops0 = softnet_drops()
         lifetime = scn.duration_s + 240
         t_connect = time.monotonic()
         workers = Workers(server, scn.subs, lifetime)
@@ -242,6 +252,7 @@ def run_one(
             log("    " + server.log_tail()[-600:].replace("\n", "\n    "))
         spids = server.pids()
         rss1 = rss_bytes(spids)
+        drops1 = softnet_drops()
         received0, _, gen_cpu0 = workers.counts()
 
         spec = PublishSpec(
@@ -293,6 +304,7 @@ def run_one(
             spy = None
         t_done = last_change
         received, closed, gen_cpu1 = workers.counts()
+        drops2 = softnet_drops()
         lat = workers.latencies()
         pub_proc.join(10)
         if published is None:
@@ -329,6 +341,9 @@ def run_one(
             "connect_s": connect_s,
             "connect_wall_s": connect_wall,
             "loadgen_cpu_s": (gen_cpu1 - gen_cpu0) + published["cpu_s"],
+            # Kernel input-backlog drops (machine-wide): during connects / publishing.
+            "net_drops_connect": drops1 - drops0,
+            "net_drops_publish": drops2 - drops1,
             "wall_s": span,
         }
     finally:
@@ -362,6 +377,7 @@ COLUMNS = [
     ("rss_per_conn_bytes", "RSS B/conn", "{:,.0f}"),
     ("connect_s", "connect s", "{:.2f}"),
     ("loadgen_cpu_s", "loadgen CPU s", "{:.2f}"),
+    ("net_drops", "net drops", None),
 ]
 RATIO_KEYS = [
     "deliveries_per_s",
@@ -379,6 +395,8 @@ RATIO_KEYS = [
 def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
     if key == "delivered":
         return f"{row['delivered']:,}/{row['expected']:,}"
+    if key == "net_drops":
+        return f"{row['net_drops_connect']}/{row['net_drops_publish']}"
     if key == "deliveries_per_cpu_s_all":
         values = [v for v in row[key] if v is not None]
         if len(values) < 2:
@@ -522,8 +540,16 @@ def _git_head() -> str:
     return ""
 
 
+def _snapshot_commit(src: str | None) -> str:
+    marker = Path(src) / "COMMIT" if src else None
+    if marker is not None and marker.exists():
+        return marker.read_text().strip()
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    git_head = _git_head()
     runs = select(args)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     all_rows: list[dict[str, Any]] = []
@@ -555,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m loadtest.bench", *(argv or sys.argv[1:])]),
         "machine": {"cpus": mp.cpu_count(), "python": sys.version.split()[0]},
         "fanout_src": args.fanout_src or "installed package",
-        "git_head": _git_head(),
+        "git_head": git_head,
+        "fanout_src_commit": _snapshot_commit(args.fanout_src),
         "scenarios": [asdict(s) for s in {s.name: s for s, _ in runs}.values()],
         "results": rows,
         "all_runs": all_rows,

@@ -50,6 +50,28 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def softnet_drops() -> int:
+    """Packets the kernel dropped from its per-CPU input backlogs (loopback included)."""
+    try:
+        with open("/proc/net/softnet_stat") as f:
+            return sum(int(line.split()[1], 16) for line in f)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (a multi-worker daemon, nginx's master and workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+    return out
+
+
 def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
@@ -182,7 +204,9 @@ level = "warning"
         return json.loads(body)  # type: ignore[no-any-return]
 
     def pids(self) -> list[int]:
-        return [self.pid]
+        # The serving process (or, with [workers] > 1, the supervisor and its workers).
+        assert self.proc is not None
+        return process_tree(self.proc.pid)
 
     def log_tail(self) -> str:
         if not self.log_path.exists():
@@ -280,7 +304,7 @@ http {{
     def pids(self) -> list[int]:
         # The master only starts and reaps; its CPU is counted too, for fairness.
         assert self.proc is not None
-        return [self.proc.pid, *self._children()]
+        return process_tree(self.proc.pid)
 
     def log_tail(self) -> str:
         out = []
