@@ -45,12 +45,15 @@ class Transport(Protocol):
 
 
 class Subscriber:
+    # Memory per idle connection is a target (2 KiB, transport included): the id is
+    # computed when asked for, and the topics and channels are objects shared by
+    # every connection with the same subscription (see Hub._view).
     __slots__ = (
         "active",
         "channels",
         "chunked",
-        "id",
         "last_write",
+        "prefix",
         "serial",
         "topics",
         "transport",
@@ -59,22 +62,27 @@ class Subscriber:
 
     def __init__(
         self,
-        id: str,
+        prefix: str,
         serial: int,
         transport: Transport,
         chunked: bool,
         user: str | None,
         topics: frozenset[str],
     ) -> None:
-        self.id = id
+        self.prefix = prefix
         self.serial = serial  # connection order: evict-oldest picks the lowest
         self.transport = transport
         self.chunked = chunked
         self.user = user
         self.topics = topics
-        self.channels: list[Channel] = []
+        self.channels: tuple[Channel, ...] = ()
         self.last_write = 0.0  # writes aimed at this connection alone
         self.active = True
+
+    @property
+    def id(self) -> str:
+        """The connection id, as sent in its `connected` event: `<prefix>.<serial>`."""
+        return f"{self.prefix}.{self.serial}"
 
     def last_activity(self) -> float:
         """When an event was last written here: a heartbeat is due only after silence."""
@@ -83,6 +91,17 @@ class Subscriber:
             if channel.last_write > latest:
                 latest = channel.last_write
         return latest
+
+
+class View:
+    """A subscription shared by its connections: the same topics, the same user."""
+
+    __slots__ = ("channels", "topics", "users")
+
+    def __init__(self, topics: frozenset[str], channels: tuple[Channel, ...]) -> None:
+        self.topics = topics
+        self.channels = channels
+        self.users = 0  # connections holding it
 
 
 class Group:
@@ -224,7 +243,8 @@ class Hub:
         self._topics: dict[str, Channel] = {}
         self._users: dict[str, Channel] = {}
         self._all = Channel(("all", ""))
-        self._subs: dict[str, Subscriber] = {}
+        self._subs: dict[int, Subscriber] = {}  # by serial
+        self._views: dict[tuple[frozenset[str], str | None], View] = {}
         self._serial = 0
         self._pending: list[tuple[sse.Frame, Target]] = []
         self._flush_scheduled = False
@@ -257,7 +277,7 @@ class Hub:
         if route.kind == "all":
             return len(self._subs)
         if route.kind == "conn":
-            return 1 if route.key in self._subs else 0
+            return 1 if self.subscriber(route.key) is not None else 0
         if route.kind == "topic":
             channel = self._topics.get(route.key)
             return channel.count() if channel else 0
@@ -299,9 +319,7 @@ class Hub:
         self, transport: Transport, chunked: bool, user: str | None, topics: frozenset[str]
     ) -> Subscriber:
         self._serial += 1
-        return Subscriber(
-            f"{self._conn_prefix}.{self._serial}", self._serial, transport, chunked, user, topics
-        )
+        return Subscriber(self._conn_prefix, self._serial, transport, chunked, user, topics)
 
     def open(
         self, sub: Subscriber, last_event_id: str | None, backfill: Backfill | None = None
@@ -314,19 +332,19 @@ class Hub:
         # Frames still queued were published before this connection existed: they
         # are in the rings already, and delivering them again would duplicate them.
         self.flush()
-        channels = [self._topic(t) for t in sorted(sub.topics)]
-        channels.append(self._all)
         if sub.user is not None:
             user_channel = self._user(sub.user)
             limit = self._limits.max_connections_per_user
             while self._own_admission and user_channel.count() >= limit:
                 oldest = min(user_channel.subscribers(), key=lambda s: s.serial)
                 self.evict(oldest, "evicted: this user opened a newer connection")
-            channels.append(user_channel)
-        sub.channels = channels
-        for channel in channels:
+        view = self._view(sub.topics, sub.user)
+        view.users += 1
+        sub.topics = view.topics
+        sub.channels = view.channels
+        for channel in view.channels:
             channel.add(sub)
-        self._subs[sub.id] = sub
+        self._subs[sub.serial] = sub
         return self._opening(sub, last_event_id, backfill)
 
     def close(self, sub: Subscriber) -> None:
@@ -334,14 +352,33 @@ class Hub:
         if not sub.active:
             return
         sub.active = False
-        del self._subs[sub.id]
+        del self._subs[sub.serial]
+        key = (sub.topics, sub.user)
+        view = self._views[key]
+        view.users -= 1
+        if not view.users:
+            del self._views[key]
         for channel in sub.channels:
             channel.discard(sub)
             if channel.idle() and channel is not self._all:
                 self._prune(channel)
 
     def subscriber(self, connection_id: str) -> Subscriber | None:
-        return self._subs.get(connection_id)
+        prefix, _, serial = connection_id.rpartition(".")
+        if prefix != self._conn_prefix or not (serial.isascii() and serial.isdigit()):
+            return None
+        return self._subs.get(int(serial))
+
+    def _view(self, topics: frozenset[str], user: str | None) -> View:
+        """The topics and channels of a subscription, one object for all its connections."""
+        view = self._views.get((topics, user))
+        if view is None:
+            channels = [self._topic(t) for t in sorted(topics)]
+            channels.append(self._all)
+            if user is not None:
+                channels.append(self._user(user))
+            view = self._views[(topics, user)] = View(topics, tuple(channels))
+        return view
 
     def evict(self, sub: Subscriber, reason: str) -> None:
         """Close with a final `evicted` event saying why (per-user evict-oldest)."""
@@ -391,7 +428,7 @@ class Hub:
 
     def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None:
         """To one connection by the id of its `connected` event; not retained."""
-        if connection_id not in self._subs:
+        if self.subscriber(connection_id) is None:
             return None
         return self._emit(Route("conn", connection_id), event, payload)
 
@@ -466,7 +503,7 @@ class Hub:
         kind = route.kind
         target: Target
         if kind == "conn":
-            sub = self._subs.get(route.key)
+            sub = self.subscriber(route.key)
             if sub is None or not live:
                 return Delivery(event_id, 0, 0)
             sub.last_write = now
