@@ -145,35 +145,51 @@ async def test_killed_worker_is_restarted_and_its_clients_resume_without_loss(st
     stopping = False
 
     async def stay_connected(i: int) -> None:
-        # What EventSource does: when the stream ends, come back with the last id.
+        # What EventSource does: when the stream ends, come back with the last id,
+        # and retry a connect that fails (one that landed in the dead worker's
+        # accept queue is reset by the kernel).
         while True:
             await current[i].gone.wait()
             if stopping:
                 return
-            current[i] = await open_resumer(
-                daemon, "/events?topic=t", current[i].last_id, received[i]
-            )
+            for _ in range(100):
+                try:
+                    current[i] = await open_resumer(
+                        daemon, "/events?topic=t", current[i].last_id, received[i]
+                    )
+                    break
+                except ConnectionError:
+                    await asyncio.sleep(0.05)  # the client's retry delay
 
     watchers = [asyncio.create_task(stay_connected(i)) for i in range(n_clients)]
     published: list[int] = []
-    async with AsyncPublisher(daemon.control) as pub:
-        for n in range(n_events):
-            published.append(int((await pub.publish("t", n))["id"].rsplit("-", 1)[1]))
-            if n == n_events // 3:
-                os.kill(victim["pid"], signal.SIGKILL)
-        wait_for(
-            lambda: len(daemon.stats()["workers"]) == 2 and daemon.stats()["worker_restarts"] == 1,
-            20,
-            "the worker to be restarted",
-        )
-        await pub.broadcast(None, event="end")
-    async with asyncio.timeout(60):
-        for i in range(n_clients):
-            while not current[i].end_seen.is_set():
-                await asyncio.wait([asyncio.ensure_future(current[i].end_seen.wait())], timeout=0.5)
-    stopping = True
-    for w in watchers:
-        w.cancel()
+    try:
+        async with AsyncPublisher(daemon.control) as pub:
+            for n in range(n_events):
+                published.append(int((await pub.publish("t", n))["id"].rsplit("-", 1)[1]))
+                if n == n_events // 3:
+                    os.kill(victim["pid"], signal.SIGKILL)
+            wait_for(
+                lambda: (
+                    len(daemon.stats()["workers"]) == 2 and daemon.stats()["worker_restarts"] == 1
+                ),
+                20,
+                "the worker to be restarted",
+            )
+            await pub.broadcast(None, event="end")
+        async with asyncio.timeout(60):
+            for i in range(n_clients):
+                # current[i] may be replaced by a reconnect while we wait.
+                while not current[i].end_seen.is_set():
+                    waiter = asyncio.ensure_future(current[i].end_seen.wait())
+                    await asyncio.wait([waiter], timeout=0.5)
+                    waiter.cancel()
+    finally:
+        stopping = True
+        for w in watchers:
+            w.cancel()
+        for c in current:
+            c.transport.close()
     for i in range(n_clients):
         assert received[i] == published, f"client {i} lost or doubled events"
         assert not current[i].resets
@@ -181,8 +197,6 @@ async def test_killed_worker_is_restarted_and_its_clients_resume_without_loss(st
     assert len(after["workers"]) == 2
     assert victim["pid"] not in [w["pid"] for w in after["workers"]]
     assert after["replays"] >= victim["connections"]
-    for c in current:
-        c.transport.close()
 
 
 async def test_sigterm_drains_every_worker(start_daemon):
