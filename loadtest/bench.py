@@ -62,7 +62,8 @@ class Scenario:
     repeat: int = 1  # runs per server, interleaved; the median run is reported
 
 
-# Server variants: "fanout", "fanout+flush5" (flush_interval_ms = 5), "nchan".
+# Server variants: "fanout", "fanout+flush5" (flush_interval_ms = 5), "fanout-wN"
+# (workers = N: a supervisor and N worker processes), "nchan".
 FULL = [
     Scenario("s1-5k", 5_000, 100, 10, note="one event at a time, 5,000 subs, 10 ev/s", repeat=3),
     Scenario("s1-10k", 10_000, 200, 20, note="one event at a time, 10,000 subs, 20 ev/s", repeat=3),
@@ -97,6 +98,28 @@ FULL = [
     ),
 ]
 
+# Scale out on one host (workers = N). On 2 cores with the load generator beside it,
+# a second worker buys sockets (each process holds < 20,000) rather than speed.
+WORKERS = [
+    Scenario(
+        "s7-1v2",
+        10_000,
+        200,
+        20,
+        servers=("fanout", "fanout-w2"),
+        note="1 vs 2 workers: 10,000 subs, 20 ev/s",
+    ),
+    Scenario(
+        "s7-50k",
+        50_000,
+        10,
+        1,
+        broadcast=True,
+        servers=("fanout-w3",),
+        note="50,000 subs over 3 workers, broadcast",
+    ),
+]
+
 SMOKE = [
     Scenario("smoke", 200, 50, 100, publishers=2, duration_s=10, note="smoke: loss check"),
     Scenario("smoke-ndjson", 200, 60, 200, batch=10, servers=("fanout",), duration_s=10),
@@ -109,6 +132,9 @@ def make_server(kind: str, workdir: Path, fanout_src: str | None = None) -> Serv
     if kind.startswith("fanout+flush"):
         flush_ms = float(kind.removeprefix("fanout+flush"))
         return Fanout(workdir, TOPIC, flush_ms, src=fanout_src).start()
+    if kind.startswith("fanout-w"):
+        workers = int(kind.removeprefix("fanout-w"))
+        return Fanout(workdir, TOPIC, src=fanout_src, workers=workers).start()
     if kind == "nchan":
         return Nchan(workdir, TOPIC).start()
     raise ValueError(f"unknown server {kind!r}")
@@ -490,7 +516,7 @@ def select(args: argparse.Namespace) -> list[tuple[Scenario, str]]:
             )
         ]
     else:
-        scenarios = SMOKE if args.smoke else FULL
+        scenarios = SMOKE if args.smoke else FULL + WORKERS
         if args.scenarios:
             wanted = set(args.scenarios.split(","))
             scenarios = [s for s in scenarios if s.name in wanted]

@@ -132,8 +132,14 @@ class Fanout(Server):
     publish_kind = "fanout"
 
     def __init__(
-        self, workdir: Path, topic: str, flush_interval_ms: float = 0.0, src: str | None = None
+        self,
+        workdir: Path,
+        topic: str,
+        flush_interval_ms: float = 0.0,
+        src: str | None = None,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
         self.workdir = workdir
         self.src = src  # a directory holding the `fanout` package to run instead
         self.control = str(workdir / "c.sock")
@@ -145,6 +151,8 @@ class Fanout(Server):
 
     def config(self) -> str:
         return f"""\
+workers = {self.workers}
+
 [[listener]]
 tcp = "127.0.0.1:0"
 
@@ -153,7 +161,8 @@ socket = "{self.control}"
 max_body_bytes = 16777216
 
 [limits]
-max_connections = 19900
+# Each process stays under the 20,000 open-files cap; with workers the cap is global.
+max_connections = {19900 * self.workers}
 max_connections_per_user = 19900
 header_timeout_s = 60.0
 
@@ -181,7 +190,7 @@ level = "warning"
                 cwd=self.workdir,
                 env=env,
             )
-        stats = _wait(self._stats_or_none, 20, "fanout to answer /stats")
+        stats = _wait(self._stats_or_none, 60, "fanout to answer /stats")
         self.pid = int(stats["pid"])
         tcp = [u for u in stats["listeners"] if u.startswith("http://")]
         self.port = int(tcp[0].rsplit(":", 1)[1])
