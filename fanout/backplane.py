@@ -144,11 +144,12 @@ class Backplane:
             self._last = entries[-1][0].decode()
         elif last:
             self._last = last.decode() if isinstance(last, bytes) else str(last)
-        # What the stream held before the loaded part is not in our rings: resumes
-        # from before it are served from the stream (or reset if trimmed away).
-        older = (info.get("length", 0) if info else 0) > len(entries)
-        if first_loaded is not None and older:
-            self.hub.mark_gap(first_loaded - 1)
+        # Whatever the stream held before the loaded part, or ever held if nothing
+        # was loaded (trimmed, or load_on_start = 0), is not in our rings: resumes
+        # from before it are served from the stream, which knows what it trimmed.
+        floor = first_loaded - 1 if first_loaded is not None else seq_of(self._last)
+        if floor > 0:
+            self.hub.mark_gap(floor)
         self.hub.head = max(self.hub.head, seq_of(self._last))
 
     async def _stream_info(self) -> dict[str, Any]:
@@ -181,7 +182,11 @@ class Backplane:
                 continue
             for _, entries in response or ():
                 for entry_id_, fields in entries:
-                    self._deliver(entry_id_, fields, live=True)
+                    try:
+                        self._deliver(entry_id_, fields, live=True)
+                    except Exception:
+                        # One bad entry (another version's, say) must not stop the reader.
+                        log.exception("backplane: cannot deliver entry %r", entry_id_)
                     self._last = entry_id_.decode()
             self._advanced.set()
             self._advanced = asyncio.Event()
@@ -396,7 +401,10 @@ class BackplaneGate:
 
         hub = self._hub
         limits = self._limits()
-        refusal = refusal_for(limits, hub.draining, hub.connections, 0)
+        # Connections being admitted (each awaits Redis) count against the cap too,
+        # or a burst of them would all pass it. This one is among self._tasks.
+        admitting = len(self._tasks) - 1
+        refusal = refusal_for(limits, hub.draining, hub.connections + admitting, 0)
         if refusal is None and sub.user is not None:
             try:
                 admitted, evicted = await self._bp.admit(sub)

@@ -96,6 +96,11 @@ class Replay(Struct, frozen=True, forbid_unknown_fields=True):
     max_bytes_total: Annotated[int, Meta(ge=0)] = 64 * 1024 * 1024
     # Topics (fnmatch patterns) whose latest event a new subscriber gets at once.
     latest_value_topics: list[str] = msgspec.field(default_factory=list)
+    # A latest value outlives the ring (a dashboard updated hourly still shows its
+    # state), but not for ever: gone after this long without an update, and only
+    # this many topics keep one (the least recently updated go first).
+    latest_max_age_s: Seconds = 86_400.0
+    max_latest_topics: Annotated[int, Meta(ge=1)] = 100_000
 
 
 class Backplane(Struct, frozen=True, forbid_unknown_fields=True):

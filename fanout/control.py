@@ -104,7 +104,10 @@ class ControlApi:
         }
 
     def handle(self, method: str, target: str, content_type: str, body: bytes) -> Reply:
-        path = urlsplit(target).path
+        try:
+            path = urlsplit(target).path
+        except ValueError:
+            return _error(400, f"malformed request target {target[:80]!r}")
         prefix = path if path in self._routes else path[: path.find("/", 1) + 1]
         route = self._routes.get(prefix) if prefix else None
         if route is None or (prefix.endswith("/") and prefix == path):
@@ -116,6 +119,11 @@ class ControlApi:
             return handler(unquote(path[len(prefix) :]), content_type, body)
         except BadRequest as exc:
             return _error(exc.status, str(exc))
+        except ServiceUnavailable as exc:
+            return _error(503, str(exc))
+        except Exception as exc:
+            log.exception("control request %s %s failed", method, path)
+            return _error(500, f"internal error: {exc}")
 
     def _publish(self, _: str, content_type: str, body: bytes) -> Reply:
         publications = decode_publish(body, content_type)

@@ -16,6 +16,7 @@ import fnmatch
 import heapq
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -116,6 +117,11 @@ class Group:
 
     def count(self) -> int:
         return len(self.chunked) + len(self.raw)
+
+    def forget_closed(self) -> None:
+        for subs in (self.chunked, self.raw):
+            for transport in [t for t, s in subs.items() if not s.active]:
+                del subs[transport]
 
 
 class Channel(Ring):
@@ -240,6 +246,10 @@ class Hub:
         self._limits = limits
         self._stream = stream
         self._latest_patterns = tuple(replay.latest_value_topics)
+        self._latest_max_age_s = replay.latest_max_age_s
+        self._max_latest = replay.max_latest_topics
+        # Topics holding a latest value, least recently updated first.
+        self._latest: OrderedDict[str, Channel] = OrderedDict()
         self._topics: dict[str, Channel] = {}
         self._users: dict[str, Channel] = {}
         self._all = Channel(("all", ""))
@@ -388,6 +398,9 @@ class Hub:
         self._finish(sub, body)
 
     def drop_slow(self, sub: Subscriber) -> None:
+        if sub.transport.is_closing():
+            self.close(sub)  # gone already: not a slow reader
+            return
         self.stats.dropped_slow += 1
         log.debug("dropped slow subscriber %s (buffer over limit)", sub.id)
         self.close(sub)
@@ -460,6 +473,7 @@ class Hub:
         self._pending = []
         self._topics.clear()
         self._users.clear()
+        self._latest.clear()
         self._all = Channel(("all", ""))
         self._tombstones.clear()
         self._forgotten_floor = 0
@@ -512,6 +526,10 @@ class Hub:
             channel = target = self._topic(route.key)
             keep_latest = self._is_latest_value(route.key)
             self.store.retain(channel, Entry(seq, frame, now, channel, None), keep_latest)
+            if keep_latest:
+                self._latest[route.key] = channel
+                self._latest.move_to_end(route.key)
+                self._bound_latest(now)
         elif kind == "all":
             channel = target = self._all
             self.store.retain(channel, Entry(seq, frame, now, channel, None), False)
@@ -561,6 +579,9 @@ class Hub:
             i = j
 
     def _write(self, target: Target, frames: list[sse.Frame]) -> int:
+        if isinstance(target, Group):
+            # Picked at publish time: some may have closed before this flush.
+            target.forget_closed()
         target.last_write = self._clock()
         written = 0
         if target.chunked:
@@ -577,12 +598,20 @@ class Hub:
         total = len(subs)
         slow = None
         for transport in subs:
-            if transport.get_write_buffer_size() > limit:
+            # try is free in CPython 3.11+ until something raises.
+            try:
+                if transport.get_write_buffer_size() > limit:
+                    if slow is None:
+                        slow = []
+                    slow.append(subs[transport])
+                    continue
+                transport.write(data)
+            except RuntimeError:
+                # Closed under us (the peer went, its connection_lost is queued):
+                # one dead socket must not stop the write to everyone after it.
                 if slow is None:
                     slow = []
                 slow.append(subs[transport])
-                continue
-            transport.write(data)
         if slow is None:
             return total
         for sub in slow:
@@ -693,7 +722,22 @@ class Hub:
         return any(fnmatch.fnmatchcase(topic, p) for p in self._latest_patterns)
 
     def expire(self) -> None:
-        self.store.expire(self._clock())
+        now = self._clock()
+        self.store.expire(now)
+        self._bound_latest(now)
+
+    def _bound_latest(self, now: float) -> None:
+        cutoff = now - self._latest_max_age_s
+        latest = self._latest
+        while latest:
+            name, channel = next(iter(latest.items()))
+            entry = channel.latest
+            if entry is not None and entry.ts >= cutoff and len(latest) <= self._max_latest:
+                return
+            del latest[name]
+            channel.latest = None
+            channel.latest_snapshot = None
+            self._maybe_prune(channel)
 
     # -- state transfer -------------------------------------------------------
 
@@ -726,6 +770,7 @@ class Hub:
         self._forgotten_floor = state.forgotten_floor
         self._tombstones = {(kind, key): seq for kind, key, seq in state.tombstones}
         merged: list[tuple[RetainedEvent, Channel]] = []
+        latest_channels: list[Channel] = []
         for ring in state.rings:
             if ring.kind == "all":
                 channel = self._all
@@ -738,7 +783,11 @@ class Hub:
                 latest = ring.latest
                 frame = sse.Frame.from_parts(latest.raw, latest.chunked)
                 channel.latest = Entry(latest.seq, frame, now - latest.age_s, channel, None)
+                if ring.kind == "topic":
+                    latest_channels.append(channel)
             merged.extend((entry, channel) for entry in ring.entries)
+        for channel in sorted(latest_channels, key=lambda ch: ch.latest.ts if ch.latest else 0):
+            self._latest[channel.key[1]] = channel
         # The store's global order is by seq, as if they had been published here.
         merged.sort(key=lambda pair: pair[0].seq)
         for entry, channel in merged:

@@ -185,8 +185,13 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
             self._shared.hub.stats.timeouts += 1
             log.info("closed %s: headers not complete in time", self._peer())
             self._close_quietly()
-        elif self._state is State.STREAMING and self._sub is not None and self._sub.active:
-            self._heartbeat(now, self._sub)
+        elif self._state is State.STREAMING and self._sub is not None:
+            if self._sub.active:
+                self._heartbeat(now, self._sub)
+            elif self._transport is not None:
+                # Ended by the hub (evicted, epoch change) with its last bytes still
+                # unread a heartbeat later: its peer stopped reading; let it go.
+                self._transport.abort()
 
     def _heartbeat(self, now: float, sub: Subscriber) -> None:
         shared = self._shared

@@ -77,7 +77,10 @@ def _user(request: h11.Request, identity: Identity) -> str | Reject | None:
 
 
 def parse(request: h11.Request, identity: Identity, max_topics: int) -> Subscribe | Page | Reject:
-    target = urlsplit(request.target.decode("ascii", "replace"))
+    try:
+        target = urlsplit(request.target.decode("ascii", "replace"))
+    except ValueError:
+        return Reject(400, "malformed request target")
     path = unquote(target.path)
     if path in PAGE_PATHS:
         method = request.method.decode("ascii", "replace")

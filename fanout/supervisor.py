@@ -54,6 +54,10 @@ class MasterLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # Hello and the seed go first, in this very callback: events forwarded
+        # before it were dropped (no transport yet) and are in the seed; events
+        # after it follow it on the same stream. Nothing falls between or doubles.
+        self._supervisor.greet(self._index, self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -213,12 +217,11 @@ class Supervisor:
 
     async def _connect(self, worker: Worker, sock: socket.socket) -> None:
         await self._loop.create_unix_connection(lambda: worker.link, sock=sock)
-        hello = link.Hello(worker.index, self.hub.epoch, self.config, self._tcp, self._unix_fds)
-        # Seed and then live events, in this order on one stream: the seed holds
-        # everything up to now, the events after it everything since. Nothing runs
-        # between the export and the first forwarded event, so nothing falls between.
-        worker.link.send(link.encode(hello))
-        worker.link.send(link.encode(link.Seed(self.hub.export_state())))
+
+    def greet(self, index: int, master_link: MasterLink) -> None:
+        hello = link.Hello(index, self.hub.epoch, self.config, self._tcp, self._unix_fds)
+        master_link.send(link.encode(hello))
+        master_link.send(link.encode(link.Seed(self.hub.export_state())))
 
     def _reap(self, worker: Worker) -> None:
         code = worker.proc.wait()
@@ -298,13 +301,10 @@ class Supervisor:
         message = link.encode(
             link.Event(seq, route.kind, route.key, route.topic, frame.raw, frame.chunked)
         )
-        if route.kind == "conn":
-            conn = self.registry.get(route.key)
-            targets = [self.workers[conn.worker]] if conn and conn.worker in self.workers else []
-        else:
-            # Every worker retains every event, so a client can resume on any of them.
-            targets = list(self.workers.values())
-        for worker in targets:
+        # Every worker gets every event: it retains it, so a client can resume on
+        # any worker; and even an event for one connection elsewhere moves its head,
+        # so an id from it is not taken for one from the future.
+        for worker in self.workers.values():
             worker.link.send(message)
 
     def publish(self, topic: str, event: str, payload: bytes, user: str | None = None) -> Delivery:
@@ -336,9 +336,11 @@ class Supervisor:
 
     async def snapshot(self) -> dict[str, Any]:
         replies = []
+        asked = []
         for worker in self.workers.values():
             if worker.ready:
                 self._stats_n += 1
+                asked.append(self._stats_n)
                 future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
                 self._stats_replies[self._stats_n] = future
                 worker.link.send(link.encode(link.StatsQuery(self._stats_n)))
@@ -348,6 +350,8 @@ class Supervisor:
         )
         for future in pending:
             future.cancel()
+        for n in asked:  # a worker that died mid-query never answers
+            self._stats_replies.pop(n, None)
         per_worker = [f.result() for f in done]
         out: dict[str, Any] = {
             "version": __version__,

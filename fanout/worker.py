@@ -45,7 +45,7 @@ class WorkerLink(asyncio.Protocol):
         self.server = server
         backlog, self._backlog = self._backlog, []
         for message in backlog:
-            self._handle(message)
+            self._handle_safely(message)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -75,7 +75,15 @@ class WorkerLink(asyncio.Protocol):
             elif self.server is None:
                 self._backlog.append(message)
             else:
-                self._handle(message)
+                self._handle_safely(message)
+
+    def _handle_safely(self, message: link.Message) -> None:
+        # A bug in handling one message must not close the link: that would take
+        # every client of this worker down with it.
+        try:
+            self._handle(message)
+        except Exception:
+            log.exception("failed to handle %s from the supervisor", type(message).__name__)
 
     def _handle(self, message: link.Message) -> None:
         if isinstance(message, link.Event):

@@ -237,3 +237,20 @@ async def test_a_killed_daemon_does_not_affect_the_others(start_daemon, redis_se
     for cl in clients:
         assert (await cl.next()).json() == "still here"
         await cl.aclose()
+
+
+async def test_a_daemon_that_loaded_nothing_resumes_old_ids_from_the_stream(
+    start_daemon, redis_server
+):
+    redis = redis_server()
+    first = start_daemon(on_backplane(redis))
+    ids = [first.publish("t", n)["id"] for n in range(5)]
+    # Started after those events, with none of them in its rings.
+    late = start_daemon(on_backplane(redis, backplane={"load_on_start": 0}))
+    client = await subscribe(
+        late.host, late.port, "/events?topic=t", headers={"Last-Event-ID": ids[0]}
+    )
+    events = await client.events(5)
+    assert [e.event for e in events] == ["connected", "message", "message", "message", "message"]
+    assert [e.id for e in events[1:]] == ids[1:]
+    await client.aclose()

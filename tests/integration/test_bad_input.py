@@ -150,3 +150,15 @@ async def test_one_bad_client_does_not_hurt_others(daemon):
     daemon.publish("a", "still fine")
     assert (await good.next()).json() == "still fine"
     await good.aclose()
+
+
+@pytest.mark.parametrize("target", ["//[x/events", "/events?topic=%ZZ"])
+async def test_malformed_target_gets_400_not_a_traceback(daemon, target):
+    reader, writer = await asyncio.open_connection(daemon.host, daemon.port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 404 Not Found")
+    assert "Traceback" not in daemon.log

@@ -351,3 +351,56 @@ def test_exported_state_seeds_another_hub_with_the_same_replay():
     assert stale.events()[0][1] == "reset"
     _, fresh = connect(seeded, ["p:1"])
     assert fresh.events()[-1] == (None, "progress", "50")
+
+
+def test_latest_values_are_bounded_by_age_and_count():
+    hub, clock = make_hub(
+        replay=Replay(
+            latest_value_topics=["p:*"], max_age_s=10, latest_max_age_s=100, max_latest_topics=2
+        )
+    )
+    for n in range(3):
+        hub.publish(f"p:{n}", "progress", b"%d" % n)
+    # Only the two most recently updated topics keep a latest value.
+    _, t0 = connect(hub, ["p:0"])
+    assert published(t0) == []
+    _, t2 = connect(hub, ["p:2"])
+    assert published(t2) == ["2"]
+    # Past the ring's age the latest value stays; past its own age it goes, and the
+    # topic, with no subscriber left, is pruned.
+    clock.now += 50
+    hub.expire()
+    sub, late = connect(hub, ["p:1"])
+    assert published(late) == ["1"]
+    hub.close(sub)
+    clock.now += 100
+    hub.expire()
+    assert hub.counts()["topics_retained"] == 2  # p:0 and p:2 have subscribers; p:1 went
+    _, later = connect(hub, ["p:1"])
+    assert published(later) == []
+
+
+class DeadTransport(FakeTransport):
+    """A transport closed under us: writes raise, as uvloop's do."""
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation: the handler is closed")
+
+    def is_closing(self) -> bool:
+        return True
+
+
+def test_a_transport_closed_under_a_flush_does_not_stop_the_others():
+    hub, _ = make_hub()
+    _, before = connect(hub, ["a"], user="u")
+    dead_sub = hub.new_subscriber(DeadTransport(), False, "u", frozenset({"a"}))
+    FakeTransport.write(dead_sub.transport, hub.open(dead_sub, None))
+    _, after = connect(hub, ["a", "b"])
+    hub.publish("a", "m", b"to u", user="u")
+    hub.publish("a", "m", b"1")
+    hub.publish("b", "m", b"2")
+    hub.flush()
+    assert published(before) == ["to u", "1"]
+    assert published(after) == ["1", "2"]
+    assert not dead_sub.active
+    assert hub.stats.dropped_slow == 0  # gone, not slow
