@@ -239,7 +239,11 @@ class Supervisor:
         worker.ready = False
         dropped = self.registry.remove_worker(index)
         if self._stopping:
-            return
+            return  # drain() waits for the workers, and kills them at its deadline
+        if worker.proc.poll() is None:
+            # Link lost but the process lives (it broke the protocol, or hangs):
+            # it must not linger beside its replacement.
+            worker.proc.kill()
         lived = self._loop.time() - worker.started
         delay = 0.0 if lived > STABLE_AFTER_S else self._backoff.get(index, RESTART_BACKOFF_S[0])
         self._backoff[index] = min(max(delay * 2, RESTART_BACKOFF_S[0]), RESTART_BACKOFF_S[1])

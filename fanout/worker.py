@@ -161,15 +161,31 @@ class WorkerServer(Server):
         }
 
 
+async def _unless_lost(worker_link: WorkerLink, waiting: asyncio.Future[Any]) -> bool:
+    """Wait for `waiting`; False if the link is lost first (the supervisor is gone:
+    a worker never outlives it, at any stage)."""
+    lost = asyncio.ensure_future(worker_link.lost.wait())
+    await asyncio.wait({waiting, lost}, return_when=asyncio.FIRST_COMPLETED)
+    lost.cancel()
+    if waiting.done():
+        return True
+    waiting.cancel()
+    return False
+
+
 async def run(link_fd: int) -> None:
     loop = asyncio.get_running_loop()
     worker_link = WorkerLink()
     await loop.create_unix_connection(lambda: worker_link, sock=socket.socket(fileno=link_fd))
-    hello = await worker_link.hello
+    if not await _unless_lost(worker_link, worker_link.hello):
+        return
+    hello = worker_link.hello.result()
     logs.setup(hello.config.log.level, tag=f"w{hello.index}")
     server = WorkerServer(hello, worker_link)
     worker_link.attach(server)
-    await worker_link.seeded.wait()
+    if not await _unless_lost(worker_link, asyncio.ensure_future(worker_link.seeded.wait())):
+        log.error("worker %d: the supervisor went away before the seed", hello.index)
+        return
     try:
         await server.start()
     except OSError as exc:

@@ -221,3 +221,20 @@ def test_sighup_reaches_every_worker(start_daemon):
     wait_for(lambda: daemon.log.count("reloaded") >= 3, 10, "supervisor and both workers to reload")
     assert "[w1]" in daemon.log
     assert "[w2]" in daemon.log
+
+
+def test_a_worker_exits_when_its_supervisor_dies(start_daemon):
+    daemon = start_daemon(WORKERS)
+    pids = [w["pid"] for w in daemon.stats()["workers"]]
+    daemon.stop(signal.SIGKILL)  # no drain, no word to the workers
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (exited, not yet reaped by init) has gone too.
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+
+    wait_for(lambda: all(gone(p) for p in pids), 20, "orphaned workers to exit")
