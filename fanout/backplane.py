@@ -27,11 +27,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import sse
 from .config import Backplane as BackplaneConfig
 from .config import Limits
 from .control import ServiceUnavailable
-from .hub import Backfill, Delivery, Hub, Route, Subscriber
+from .hub import Backfill, Delivery, Hub, Route, Subscriber, refusal_for
 from .ids import IdProblem, format_id, parse_id
 
 log = logging.getLogger("fanout.backplane")
@@ -223,8 +222,7 @@ class Backplane:
         if live:
             self.hub.emit_at(route, seq, event, fields[b"d"])
         else:
-            body = sse.encode_event(fields[b"d"], id=format_id(self.hub.epoch, seq), event=event)
-            self.hub.ingest(route, seq, sse.Frame(body), live=False)
+            self.hub.ingest(route, seq, self.hub.frame(seq, event, fields[b"d"]), live=False)
 
     # -- publishing -----------------------------------------------------------
 
@@ -364,10 +362,7 @@ class Backplane:
             )
             if wanted:
                 seq = seq_of(raw_id)
-                body = sse.encode_event(
-                    fields[b"d"], id=format_id(self.hub.epoch, seq), event=fields[b"e"].decode()
-                )
-                out.append((seq, sse.Frame(body)))
+                out.append((seq, self.hub.frame(seq, fields[b"e"].decode(), fields[b"d"])))
         return out
 
     def _spawn(self, coro: Any) -> None:
@@ -397,8 +392,6 @@ class BackplaneGate:
         task.add_done_callback(self._tasks.discard)
 
     async def _decide(self, proto: Any, sub: Subscriber, last_event_id: str | None) -> None:
-        from .hub import refusal_for
-
         hub = self._hub
         limits = self._limits()
         # Connections being admitted (each awaits Redis) count against the cap too,

@@ -91,7 +91,7 @@ class ControlApi:
     """Routing and handlers; no I/O, so it can be called from tests directly."""
 
     def __init__(self, backend: Backend, snapshot: Snapshot) -> None:
-        self._hub = backend
+        self._backend = backend
         self._snapshot = snapshot
         self._routes: dict[str, tuple[str, Callable[[str, str, bytes], Reply]]] = {
             "/publish": ("POST", self._publish),
@@ -142,17 +142,17 @@ class ControlApi:
                 },
             )
 
-        return _then(self._hub.publish_many(items), answer)
+        return _then(self._backend.publish_many(items), answer)
 
     def _broadcast(self, _: str, content_type: str, body: bytes) -> Reply:
         p = decode_event(body, content_type)
-        return _then(self._hub.broadcast(p.event, p.payload), _delivered)
+        return _then(self._backend.broadcast(p.event, p.payload), _delivered)
 
     def _notify(self, user: str, content_type: str, body: bytes) -> Reply:
         if not is_user(user):
             raise BadRequest(f"invalid user {user[:80]!r}")
         p = decode_event(body, content_type)
-        return _then(self._hub.notify(user, p.event, p.payload), _delivered)
+        return _then(self._backend.notify(user, p.event, p.payload), _delivered)
 
     def _send(self, connection: str, content_type: str, body: bytes) -> Reply:
         p = decode_event(body, content_type)
@@ -162,7 +162,7 @@ class ControlApi:
                 return _error(404, f"no open connection with id {connection[:80]!r}")
             return _delivered(d)
 
-        return _then(self._hub.send(connection, p.event, p.payload), answer)
+        return _then(self._backend.send(connection, p.event, p.payload), answer)
 
     def _stats(self, _: str, __: str, ___: bytes) -> Reply:
         return self._with_snapshot(lambda stats: _json(200, stats))
@@ -183,7 +183,7 @@ class ControlApi:
         return later(stats)
 
     def _healthz(self, _: str, __: str, ___: bytes) -> Answer:
-        if self._hub.draining:
+        if self._backend.draining:
             return _json(503, {"status": "draining"})
         return _json(200, {"status": "ok"})
 

@@ -445,21 +445,20 @@ class Hub:
             return None
         return self._emit(Route("conn", connection_id), event, payload)
 
+    def frame(self, seq: int, event: str, payload: bytes) -> sse.Frame:
+        """The frame of an event with id `seq` in this epoch: its one encoding."""
+        return sse.Frame(sse.encode_event(payload, id=format_id(self.epoch, seq), event=event))
+
     def encode(self, event: str, payload: bytes) -> tuple[int, sse.Frame]:
-        """Assign the next id and build the event's frame: the one encoding it gets."""
+        """Assign the next id and build the event's frame."""
         self.head += 1
         self.stats.published += 1
-        body = sse.encode_event(payload, id=format_id(self.epoch, self.head), event=event)
-        return self.head, sse.Frame(body)
+        return self.head, self.frame(self.head, event, payload)
 
     def emit_at(self, route: Route, seq: int, event: str, payload: bytes) -> Delivery:
         """Encode with an id assigned elsewhere (the backplane's stream), then deliver."""
         self.stats.published += 1
-        body = sse.encode_event(payload, id=format_id(self.epoch, seq), event=event)
-        frame = sse.Frame(body)
-        if self.on_event is not None:
-            self.on_event(route, seq, frame)
-        return self.ingest(route, seq, frame)
+        return self._fan_out(route, seq, self.frame(seq, event, payload))
 
     def restart_epoch(self, epoch: str) -> None:
         """The shared stream was lost (Redis restarted empty): start a new id space.
@@ -501,6 +500,9 @@ class Hub:
 
     def _emit(self, route: Route, event: str, payload: bytes) -> Delivery:
         seq, frame = self.encode(event, payload)
+        return self._fan_out(route, seq, frame)
+
+    def _fan_out(self, route: Route, seq: int, frame: sse.Frame) -> Delivery:
         if self.on_event is not None:
             self.on_event(route, seq, frame)
         return self.ingest(route, seq, frame)

@@ -15,7 +15,6 @@ USER_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}\Z"
 
 _TOPIC = re.compile(TOPIC_PATTERN)
 _USER = re.compile(USER_PATTERN)
-_EVENT = re.compile(EVENT_PATTERN)
 
 
 def is_topic(name: str) -> bool:
@@ -24,7 +23,3 @@ def is_topic(name: str) -> bool:
 
 def is_user(name: str) -> bool:
     return _USER.match(name) is not None
-
-
-def is_event(name: str) -> bool:
-    return _EVENT.match(name) is not None

@@ -97,6 +97,30 @@ def reread_config(path: str | None, draining: bool) -> Config | None:
         return None
 
 
+class StopSignals:
+    """SIGTERM or SIGINT start the drain; a second one forces it (as uvicorn's
+    handle_exit); SIGHUP reloads. One per process: the daemon or the supervisor."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+        self._count = 0
+
+    def install(self, loop: asyncio.AbstractEventLoop, reload: Callable[[], None]) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, reload)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._count += 1
+        if self._count == 1:
+            log.info("received %s: draining", sig.name)
+            self.stop.set()
+        else:
+            log.warning("received %s again: exiting now", sig.name)
+            self.force.set()
+
+
 class Server:
     def __init__(
         self,
@@ -114,9 +138,8 @@ class Server:
         self._log_level = log_level
         self._loop = asyncio.get_running_loop()
         self._started = time.time()
-        self._stop = asyncio.Event()
-        self._force = asyncio.Event()
-        self._signals = 0
+        self._signals = StopSignals()
+        self._stop, self._force = self._signals.stop, self._signals.force
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self.listeners: list[str] = []
@@ -247,18 +270,7 @@ class Server:
     # -- stop -----------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, self._on_signal, sig)
-        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("received %s: draining", sig.name)
-            self._stop.set()
-        else:
-            log.warning("received %s again: exiting now", sig.name)
-            self._force.set()
+        self._signals.install(self._loop, self.reload)
 
     # -- reload (SIGHUP) -------------------------------------------------------
 

@@ -33,7 +33,14 @@ from .hub import Delivery, Hub, Route
 from .ids import format_id, new_epoch
 from .registry import Registry
 from .reload import plan as plan_reload
-from .server import EXPIRE_EVERY_S, StartupError, _umask, prepare_unix_path, reread_config
+from .server import (
+    EXPIRE_EVERY_S,
+    StartupError,
+    StopSignals,
+    _umask,
+    prepare_unix_path,
+    reread_config,
+)
 from .sse import Frame
 
 log = logging.getLogger("fanout.supervisor")
@@ -114,9 +121,8 @@ class Supervisor:
         self.restarts = 0
         self._backoff: dict[int, float] = {}
         self._stopping = False
-        self._stop = asyncio.Event()
-        self._force = asyncio.Event()
-        self._signals = 0
+        self._signals = StopSignals()
+        self._stop, self._force = self._signals.stop, self._signals.force
         self._all_ready = asyncio.Event()
         self._tcp: list[str | None] = []
         self._unix_fds: list[int | None] = []
@@ -391,18 +397,7 @@ class Supervisor:
     # -- signals and stop -------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, self._on_signal, sig)
-        self._loop.add_signal_handler(signal.SIGHUP, self.reload)
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("received %s: draining %d workers", sig.name, len(self.workers))
-            self._stop.set()
-        else:
-            log.warning("received %s again: stopping workers now", sig.name)
-            self._force.set()
+        self._signals.install(self._loop, self.reload)
 
     def reload(self) -> None:
         new = reread_config(self._config_path, self._stopping)
