@@ -22,16 +22,20 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .admission import EVICTED, Decision, decide
 from .config import Backplane as BackplaneConfig
 from .config import Limits
 from .control import ServiceUnavailable
-from .hub import Backfill, Delivery, Hub, Route, Subscriber, refusal_for
-from .ids import IdProblem, format_id, parse_id
+from .ids import IdProblem, Sequencer
+from .opening import Backfill
+from .publishing import Events
+from .route import Route
+from .sse import Frame
 
 log = logging.getLogger("fanout.backplane")
 
@@ -40,26 +44,30 @@ READ_BLOCK_MS = 2000
 READ_COUNT = 1000
 CATCH_UP_S = 2.0
 
-# Atomic per-user admission: drop expired members, refuse or evict the oldest, add.
-# Members are "<created ms, zero-padded>:<connection id>" so sorting them sorts by age.
+# Per-user counting: drop expired members, add this one, return them all; the rule
+# (fanout.admission) is applied to them in order of age. Members are
+# "<created ms, zero-padded>:<connection id>", so sorting them sorts by age.
 _ADMIT = """
 local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-local out = {1}
-if #members >= limit then
-  if ARGV[5] == 'reject' then return {0} end
-  table.sort(members)
-  for i = 1, #members - limit + 1 do
-    redis.call('ZREM', KEYS[1], members[i])
-    out[#out + 1] = members[i]
-  end
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return out
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
+
+
+class Sink(Protocol):
+    """What the stream is read into: a daemon's Core, or the supervisor (which
+    forwards to its workers)."""
+
+    ids: Sequencer
+
+    def ingest(self, route: Route, seq: int, frame: Frame, live: bool) -> None: ...
+    def new_epoch(self, epoch: str) -> None: ...
+    def gap(self, upto: int) -> None: ...
+    def evict(self, connection_id: str, reason: str) -> bool:
+        """End that connection if this daemon holds it; False if it does not."""
+        ...
 
 
 class Unavailable(ServiceUnavailable):
@@ -77,10 +85,12 @@ def entry_id(seq: int) -> str:
 
 
 class Backplane:
-    def __init__(self, config: BackplaneConfig, limits: Limits, hub: Hub) -> None:
+    def __init__(self, config: BackplaneConfig, limits: Callable[[], Limits], sink: Sink) -> None:
         self.config = config
-        self.limits = limits
-        self.hub = hub
+        # Read at each admission: a SIGHUP that changes [limits] applies here too.
+        self._limits = limits
+        self.sink = sink
+        self.ids = sink.ids
         self.down = False
         # Any: redis-py types every reply as a union of str, bytes and None, which
         # would bury this module in casts; replies are bytes (decode_responses off).
@@ -125,8 +135,8 @@ class Backplane:
         await self._redis.set(self._epoch_key, candidate, nx=True)
         value = await self._redis.get(self._epoch_key)
         epoch = value.decode() if value else candidate
-        if epoch != self.hub.epoch:
-            self.hub.restart_epoch(epoch)
+        if epoch != self.ids.epoch:
+            self.sink.new_epoch(epoch)
         return epoch
 
     async def _load_recent(self) -> None:
@@ -148,8 +158,8 @@ class Backplane:
         # from before it are served from the stream, which knows what it trimmed.
         floor = first_loaded - 1 if first_loaded is not None else seq_of(self._last)
         if floor > 0:
-            self.hub.mark_gap(floor)
-        self.hub.head = max(self.hub.head, seq_of(self._last))
+            self.sink.gap(floor)
+        self.ids.observe(seq_of(self._last))
 
     async def _stream_info(self) -> dict[str, Any]:
         try:
@@ -193,7 +203,7 @@ class Backplane:
     async def _recover(self) -> None:
         """Back after an outage: check that nothing we should have read is gone."""
         value = await self._redis.get(self._epoch_key)
-        if value is None or value.decode() != self.hub.epoch:
+        if value is None or value.decode() != self.ids.epoch:
             log.warning("backplane: Redis lost the stream; starting a new epoch")
             self._last = "0-0"
             await self._epoch()
@@ -202,7 +212,7 @@ class Backplane:
             deleted = info.get("max-deleted-entry-id")
             if deleted and seq_of(deleted) > seq_of(self._last):
                 log.warning("backplane: events were trimmed before we read them")
-                self.hub.mark_gap(seq_of(deleted))
+                self.sink.gap(seq_of(deleted))
                 self._last = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
         self.down = False
         log.info("backplane: Redis reachable again")
@@ -212,21 +222,17 @@ class Backplane:
         kind = fields[b"k"].decode()
         key = fields[b"key"].decode()
         if kind == "evict":
-            sub = self.hub.subscriber(key)
-            if sub is not None and live:
-                self.hub.evict(sub, fields[b"d"].decode())
+            if live:
+                self.sink.evict(key, fields[b"d"].decode())
             return
         topic = fields[b"t"].decode() or None
         route = Route(kind, key, topic)  # type: ignore[arg-type]
-        event = fields[b"e"].decode()
-        if live:
-            self.hub.emit_at(route, seq, event, fields[b"d"])
-        else:
-            self.hub.ingest(route, seq, self.hub.frame(seq, event, fields[b"d"]), live=False)
+        frame = self.ids.frame(seq, fields[b"e"].decode(), fields[b"d"])
+        self.sink.ingest(route, seq, frame, live)
 
     # -- publishing -----------------------------------------------------------
 
-    async def publish(self, entries: list[tuple[Route, str, bytes]]) -> list[str]:
+    async def publish(self, entries: Events) -> list[str]:
         """XADD all of them, atomically (MULTI/EXEC): all or none. Returns event ids."""
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -246,45 +252,41 @@ class Backplane:
                 ids = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable(f"backplane unavailable, nothing was published: {exc}") from None
-        return [format_id(self.hub.epoch, seq_of(i)) for i in ids]
+        return [self.ids.id(seq_of(i)) for i in ids]
 
     # -- per-user limits --------------------------------------------------------
 
     def _user_key(self, user: str) -> str:
         return f"{self._stream}:user:{user}"
 
-    async def admit(self, sub: Subscriber) -> tuple[bool, list[str]]:
-        """Count `sub` for its user across daemons: (admitted, connection ids to evict)."""
-        assert sub.user is not None
+    async def admit(self, connection_id: str, user: str) -> Decision[str]:
+        """Count a connection for its user across daemons; the verdict is the same rule
+        as everywhere (fanout.admission), over the user's connections on every daemon
+        that came before this one. Evicted ones are ended (here or where they are)."""
         now = int(time.time() * 1000)
         ttl_ms = int(self.config.user_ttl_s * 1000)
-        key = self._user_key(sub.user)
-        member = f"{now:015d}:{sub.id}"
-        limits = self.limits
+        key = self._user_key(user)
+        member = f"{now:015d}:{connection_id}"
         try:
-            result = await self._admit(
-                keys=[key],
-                args=[
-                    now,
-                    now + ttl_ms,
-                    limits.max_connections_per_user,
-                    member,
-                    limits.per_user_policy,
-                    ttl_ms,
-                ],
-            )
+            members = await self._admit(keys=[key], args=[now, now + ttl_ms, member, ttl_ms])
+            ordered = sorted(m.decode() for m in members)
+            older = ordered[: ordered.index(member)] if member in ordered else ordered
+            decision = decide(self._limits(), False, 0, older)
+            gone = [member] if decision.refusal is not None else decision.evict
+            if gone:
+                await self._redis.zrem(key, *gone)
         except (RedisError, OSError) as exc:
             raise Unavailable(str(exc)) from None
-        if not result or int(result[0]) == 0:
-            return False, []
-        self._members[sub.id] = (key, member)
-        evicted = [m.decode().split(":", 1)[1] for m in result[1:]]
-        return True, evicted
+        if decision.refusal is not None:
+            return Decision(decision.refusal)
+        self._members[connection_id] = (key, member)
+        evicted = [m.split(":", 1)[1] for m in decision.evict]
+        for conn in evicted:
+            await self.evict(conn, EVICTED)
+        return Decision(None, evicted)
 
     async def evict(self, connection_id: str, reason: str) -> None:
-        sub = self.hub.subscriber(connection_id)
-        if sub is not None:
-            self.hub.evict(sub, reason)
+        if self.sink.evict(connection_id, reason):
             return
         fields = {"k": "evict", "key": connection_id, "t": "", "e": "", "d": reason}
         try:
@@ -323,8 +325,7 @@ class Backplane:
         that far: wait (briefly) until we have."""
         deadline = asyncio.get_running_loop().time() + CATCH_UP_S
         while True:
-            parsed = parse_id(last_event_id, self.hub.epoch, self.hub.head)
-            if parsed is not IdProblem.FUTURE:
+            if self.ids.parse(last_event_id) is not IdProblem.FUTURE:
                 return
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -334,10 +335,12 @@ class Backplane:
             except TimeoutError:
                 return
 
-    async def backfill(self, sub: Subscriber, last_event_id: str) -> Backfill | None:
-        """Events after `last_event_id` for `sub`, from the stream; None if the
-        stream no longer reaches back that far either (the client gets a reset)."""
-        parsed = parse_id(last_event_id, self.hub.epoch, self.hub.head)
+    async def backfill(
+        self, topics: frozenset[str], user: str | None, last_event_id: str
+    ) -> Backfill | None:
+        """Events after `last_event_id` for that subscription, from the stream; None if
+        the stream no longer reaches back that far either (the client gets a reset)."""
+        parsed = self.ids.parse(last_event_id)
         if isinstance(parsed, IdProblem):
             return None
         try:
@@ -353,17 +356,28 @@ class Backplane:
         out: Backfill = []
         for raw_id, fields in entries:
             kind = fields[b"k"].decode()
-            key = fields[b"key"].decode()
-            topic = fields[b"t"].decode()
-            wanted = (
-                (kind == "topic" and key in sub.topics)
-                or kind == "all"
-                or (kind == "user" and key == sub.user and (not topic or topic in sub.topics))
-            )
-            if wanted:
+            if kind == "evict":
+                continue
+            route = Route(kind, fields[b"key"].decode(), fields[b"t"].decode() or None)
+            # Never one connection's events: those are not replayed, like the rings.
+            if route.kind != "conn" and route.reaches(topics, user):
                 seq = seq_of(raw_id)
-                out.append((seq, self.hub.frame(seq, fields[b"e"].decode(), fields[b"d"])))
+                out.append((seq, self.ids.frame(seq, fields[b"e"].decode(), fields[b"d"])))
         return out
+
+    async def resume(
+        self,
+        topics: frozenset[str],
+        user: str | None,
+        last_event_id: str,
+        covered: Callable[[], bool],
+    ) -> Backfill | None:
+        """Wait until we have read as far as the client's id, then a backfill from the
+        stream if our rings (`covered`) do not reach back to it."""
+        await self.caught_up(last_event_id)
+        if covered():
+            return None
+        return await self.backfill(topics, user, last_event_id)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -374,91 +388,3 @@ class Backplane:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("backplane: background call failed: %s", task.exception())
-
-
-class BackplaneGate:
-    """Admission for a daemon on a backplane: per-user counts in Redis, resume
-    from the stream. Falls back to local limits while Redis is unreachable."""
-
-    def __init__(self, hub: Hub, backplane: Backplane, limits: Callable[[], Limits]) -> None:
-        self._hub = hub
-        self._bp = backplane
-        self._limits = limits
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def ask(self, proto: Any, sub: Subscriber, last_event_id: str | None = None) -> None:
-        task = asyncio.ensure_future(self._decide(proto, sub, last_event_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _decide(self, proto: Any, sub: Subscriber, last_event_id: str | None) -> None:
-        hub = self._hub
-        limits = self._limits()
-        # Connections being admitted (each awaits Redis) count against the cap too,
-        # or a burst of them would all pass it. This one is among self._tasks.
-        admitting = len(self._tasks) - 1
-        refusal = refusal_for(limits, hub.draining, hub.connections + admitting, 0)
-        if refusal is None and sub.user is not None:
-            try:
-                admitted, evicted = await self._bp.admit(sub)
-            except Unavailable:
-                log.warning("backplane down: per-user limit counted on this daemon only")
-                refusal = hub.refusal(sub.user)
-            else:
-                if not admitted:
-                    refusal = refusal_for(limits, False, 0, limits.max_connections_per_user)
-                for conn in evicted:
-                    await self._bp.evict(conn, "evicted: this user opened a newer connection")
-        backfill = None
-        if refusal is None and last_event_id is not None:
-            await self._bp.caught_up(last_event_id)
-            if not hub.covers(sub, last_event_id):
-                backfill = await self._bp.backfill(sub, last_event_id)
-        proto.admitted(refusal, backfill)
-
-    def closed(self, sub: Subscriber) -> None:
-        self._bp.release(sub.id)
-
-
-class BackplaneBackend:
-    """The control API's backend on a backplane: publishing is an XADD; the event
-    reaches this daemon's subscribers, like every other daemon's, when read back.
-    `sent` counts this daemon's connections that the event targets."""
-
-    def __init__(self, hub: Hub, backplane: Backplane) -> None:
-        self._hub = hub
-        self._bp = backplane
-
-    @property
-    def draining(self) -> bool:
-        return self._hub.draining
-
-    async def publish_many(self, items: list[tuple[str, str, bytes, str | None]]) -> list[Delivery]:
-        routes = [Route("topic", t) if u is None else Route("user", u, t) for t, _, _, u in items]
-        ids = await self._bp.publish(
-            [
-                (route, event, payload)
-                for route, (_, event, payload, _) in zip(routes, items, strict=True)
-            ]
-        )
-        return [self._delivery(i, r) for i, r in zip(ids, routes, strict=True)]
-
-    async def broadcast(self, event: str, payload: bytes) -> Delivery:
-        route = Route("all", "")
-        [event_id] = await self._bp.publish([(route, event, payload)])
-        return self._delivery(event_id, route)
-
-    async def notify(self, user: str, event: str, payload: bytes) -> Delivery:
-        route = Route("user", user)
-        [event_id] = await self._bp.publish([(route, event, payload)])
-        return self._delivery(event_id, route)
-
-    async def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None:
-        # The connection may be on another daemon: the owner delivers it on read.
-        route = Route("conn", connection_id)
-        [event_id] = await self._bp.publish([(route, event, payload)])
-        return self._delivery(event_id, route)
-
-    def _delivery(self, event_id: str, route: Route) -> Delivery:
-        n = self._hub.count_for(route)
-        return Delivery(event_id, n, n)

@@ -23,7 +23,8 @@ def _load(path: str | None) -> config.Config:
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from .server import StartupError, serve
+    from .daemon import StartupError
+    from .server import serve
 
     try:
         cfg = _load(args.config)
@@ -32,12 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_STARTUP
     logs.setup(args.log_level or cfg.log.level)
     try:
-        if config.worker_count(cfg) > 1:
-            from . import supervisor
-
-            uvloop.run(supervisor.serve(cfg, config_path=args.config, log_level=args.log_level))
-        else:
-            uvloop.run(serve(cfg, config_path=args.config, log_level=args.log_level))
+        uvloop.run(serve(cfg, config_path=args.config, log_level=args.log_level))
     except StartupError as exc:
         log.error("%s", exc)
         return EXIT_STARTUP
@@ -48,7 +44,7 @@ def _worker(args: argparse.Namespace) -> int:
     import uvloop
 
     from . import worker
-    from .server import StartupError
+    from .daemon import StartupError
 
     try:
         uvloop.run(worker.run(args.link_fd))

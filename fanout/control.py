@@ -17,9 +17,9 @@ import h11
 import orjson
 
 from . import metrics
-from .hub import Delivery
 from .names import is_user
 from .publish import NDJSON_TYPES, BadRequest, decode_event, decode_publish, media_type
+from .route import Delivery
 
 log = logging.getLogger("fanout.control")
 

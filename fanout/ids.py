@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import time
 
+from .sse import Frame, encode_event
+
 
 def new_epoch() -> str:
     return format(time.time_ns() // 1_000_000, "x")
@@ -41,3 +43,40 @@ def parse_id(text: str, epoch: str, head: int) -> int | IdProblem:
     if seq > head:
         return IdProblem.FUTURE
     return seq
+
+
+class Sequencer:
+    """The id space of one run: its epoch and the last seq issued or seen in it.
+
+    A single process and the supervisor issue seqs (`next`); a worker and a daemon on
+    the backplane take seqs assigned elsewhere (`observe`), so an id from them is
+    never mistaken for one from the future.
+    """
+
+    __slots__ = ("epoch", "head")
+
+    def __init__(self, epoch: str, head: int = 0) -> None:
+        self.epoch = epoch
+        self.head = head
+
+    def next(self) -> int:
+        self.head += 1
+        return self.head
+
+    def observe(self, seq: int) -> None:
+        if seq > self.head:
+            self.head = seq
+
+    def restart(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.head = 0
+
+    def id(self, seq: int) -> str:
+        return format_id(self.epoch, seq)
+
+    def parse(self, text: str) -> int | IdProblem:
+        return parse_id(text, self.epoch, self.head)
+
+    def frame(self, seq: int, event: str, payload: bytes) -> Frame:
+        """The frame of the event with id `seq` in this epoch: its one encoding."""
+        return Frame(encode_event(payload, id=self.id(seq), event=event))

@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Struct
 
 from .config import Config
-from .hub import HubState
+from .retention import RetainedState
 
 _LENGTH = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 1 << 30
@@ -33,7 +33,7 @@ class Hello(Struct, tag="hello"):
 
 
 class Seed(Struct, tag="seed"):
-    state: HubState
+    state: RetainedState
 
 
 class Event(Struct, tag="ev"):
@@ -49,6 +49,8 @@ class Admit(Struct, tag="admit"):
     conn: str
     user: str | None
     topics: list[str]
+    # On the backplane the supervisor may resume it from the shared stream.
+    last_event_id: str | None = None
 
 
 class Verdict(Struct, tag="verdict"):
@@ -56,6 +58,8 @@ class Verdict(Struct, tag="verdict"):
     status: int  # 0: admitted
     reason: str = ""
     headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    # (seq, raw, chunked) of events read back from the shared stream (backplane).
+    backfill: list[tuple[int, bytes, bytes]] = msgspec.field(default_factory=list)
 
 
 class Evict(Struct, tag="evict"):
@@ -84,6 +88,18 @@ class Ready(Struct, tag="ready"):
     pid: int
 
 
+class NewEpoch(Struct, tag="epoch"):
+    """The shared stream was lost: a new id space (fanout.core.Core.new_epoch)."""
+
+    epoch: str
+
+
+class Gap(Struct, tag="gap"):
+    """Events up to `upto` may have been missed (fanout.core.Core.gap)."""
+
+    upto: int
+
+
 Message = (
     Hello
     | Seed
@@ -96,6 +112,8 @@ Message = (
     | StatsReply
     | Reload
     | Ready
+    | NewEpoch
+    | Gap
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -14,26 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+from .stats import COUNTERS, GAUGES
 
-_COUNTERS = {
-    "published": "Events accepted from publishers",
-    "delivered": "Event frames written to subscriber sockets",
-    "dropped_slow": "Subscribers disconnected for exceeding max_buffered_bytes",
-    "evicted": "Connections closed by the evict-oldest per-user policy",
-    "heartbeats": "Heartbeat comments written",
-    "timeouts": "Connections closed for not completing their headers in time",
-    "replays": "Resumes served from the replay rings",
-    "replayed_events": "Events sent from the replay rings",
-    "resets": "Resumes told that continuity was lost",
-}
-_GAUGES = {
-    "connections": "Open subscriber streams",
-    "users": "Users with at least one open stream",
-    "topics": "Topics with at least one subscriber",
-    "retained_events": "Events held for replay",
-    "retained_bytes": "Bytes of events held for replay",
-}
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class _Collector:
@@ -42,9 +25,9 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
-        for name, text in _COUNTERS.items():
+        for name, text in COUNTERS.items():
             yield CounterMetricFamily(f"fanout_{name}", text, value=stats[name])
-        for name, text in _GAUGES.items():
+        for name, text in GAUGES.items():
             yield GaugeMetricFamily(f"fanout_{name}", text, value=stats[name])
         refused = CounterMetricFamily(
             "fanout_refused", "Connections refused, by HTTP status", labels=["status"]

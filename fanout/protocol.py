@@ -14,12 +14,16 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import cast
 
 import h11
 
 from . import sse
-from .hub import Backfill, Hub, Refusal, Subscriber
+from .admission import Refusal
+from .core import Core
+from .gates import Gate
+from .hub import Subscriber
+from .opening import Backfill
 from .pages import Pages
 from .subscribe import Identity, Page, Reject, Subscribe, parse, response
 from .wheel import Timer, Wheel
@@ -29,14 +33,14 @@ log = logging.getLogger("fanout.subscriber")
 
 class State(enum.Enum):
     READING_REQUEST = "reading request"
-    ADMITTING = "admitting"  # waiting for the supervisor's verdict (workers only)
+    ADMITTING = "admitting"  # waiting for the gate's verdict
     STREAMING = "streaming"
     MUST_CLOSE = "must close"  # an answer was sent; waiting for the transport to go
     CLOSED = "closed"
 
 
 _TRANSITIONS = {
-    State.READING_REQUEST: {State.ADMITTING, State.STREAMING, State.MUST_CLOSE, State.CLOSED},
+    State.READING_REQUEST: {State.ADMITTING, State.MUST_CLOSE, State.CLOSED},
     State.ADMITTING: {State.STREAMING, State.MUST_CLOSE, State.CLOSED},
     State.STREAMING: {State.CLOSED},
     State.MUST_CLOSE: {State.CLOSED},
@@ -48,21 +52,12 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-class Gatekeeper(Protocol):
-    """Admits connections for a worker, across workers (the supervisor decides)."""
-
-    def ask(self, proto: SubscriberProtocol, sub: Subscriber, last_event_id: str | None) -> None:
-        """Answer later with `proto.admitted(refusal, backfill)`."""
-
-    def closed(self, sub: Subscriber) -> None:
-        """An admitted connection has gone."""
-
-
 @dataclass(slots=True)
 class Shared:
     """What every subscriber protocol shares, passed through the factory."""
 
-    hub: Hub
+    core: Core
+    gate: Gate
     wheel: Wheel[TimerTarget]
     clock: Callable[[], float]
     max_header_bytes: int
@@ -76,8 +71,6 @@ class Shared:
     all_closed: asyncio.Event | None = None
     # /fanout.js and the demo: answered whole, then the connection closes.
     pages: Pages = field(default_factory=Pages)
-    # None in a single process: the hub admits on its own.
-    gatekeeper: Gatekeeper | None = None
 
 
 class TimerTarget:
@@ -170,9 +163,8 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
             shared.wheel.cancel(self._timer)
             self._timer = None
         if self._sub is not None and self._state is State.STREAMING:
-            shared.hub.close(self._sub)
-            if shared.gatekeeper is not None:
-                shared.gatekeeper.closed(self._sub)
+            shared.core.hub.close(self._sub)
+            shared.gate.closed(self._sub)
         if self._state is not State.CLOSED:
             self._set_state(State.CLOSED)
         self._parser = None
@@ -182,7 +174,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
     def on_timer(self, now: float) -> None:
         self._timer = None
         if self._state in (State.READING_REQUEST, State.ADMITTING):
-            self._shared.hub.stats.timeouts += 1
+            self._shared.core.stats.timeouts += 1
             log.info("closed %s: headers not complete in time", self._peer())
             self._close_quietly()
         elif self._state is State.STREAMING and self._sub is not None:
@@ -200,11 +192,12 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         # Any event written within the interval already kept proxies awake.
         if now - quiet_since >= interval:
             transport = sub.transport
-            if transport.get_write_buffer_size() > shared.hub.max_buffered_bytes:
-                shared.hub.drop_slow(sub)
+            hub = shared.core.hub
+            if transport.get_write_buffer_size() > hub.limits.max_buffered_bytes:
+                hub.drop_slow(sub)
                 return
             transport.write(sse.HEARTBEAT_FRAME.for_peer(sub.chunked))
-            shared.hub.stats.heartbeats += 1
+            shared.core.stats.heartbeats += 1
             quiet_since = now
         self._timer = shared.wheel.schedule(quiet_since + interval, self)
 
@@ -221,19 +214,12 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
             return
         transport = self._transport
         assert transport is not None
-        hub = shared.hub
-        if shared.gatekeeper is not None:
-            self._set_state(State.ADMITTING)
-            self._request = result
-            self._sub = hub.new_subscriber(transport, result.chunked, result.user, result.topics)
-            shared.gatekeeper.ask(self, self._sub, result.last_event_id)
-            return
-        refusal = hub.refusal(result.user)
-        if refusal is not None:
-            self._refuse(refusal.status, refusal.reason, refusal.headers)
-            return
-        sub = hub.new_subscriber(transport, result.chunked, result.user, result.topics)
-        self._stream(result, sub)
+        self._set_state(State.ADMITTING)
+        self._request = result
+        self._sub = shared.core.hub.new_subscriber(
+            transport, result.chunked, result.user, result.topics
+        )
+        shared.gate.ask(self, self._sub, result.last_event_id)
 
     def admitted(self, refusal: Refusal | None, backfill: Backfill | None = None) -> None:
         """The gatekeeper's verdict on a connection in ADMITTING."""
@@ -242,8 +228,8 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         self._request = None
         if self._state is not State.ADMITTING or request is None:
             # Gone while waiting: give the slot it was granted back.
-            if refusal is None and self._shared.gatekeeper is not None:
-                self._shared.gatekeeper.closed(sub)
+            if refusal is None:
+                self._shared.gate.closed(sub)
             return
         if refusal is not None:
             self._refuse(refusal.status, refusal.reason, refusal.headers)
@@ -256,8 +242,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         shared = self._shared
         transport = self._transport
         assert transport is not None
-        hub = shared.hub
-        opening = hub.open(sub, request.last_event_id, backfill)
+        opening = shared.core.open(sub, request.last_event_id, backfill)
         head = sse.STREAM_HEAD_CHUNKED if request.chunked else sse.STREAM_HEAD_RAW
         transport.write(head + opening)
         self._sub = sub
@@ -276,7 +261,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         self._close_quietly()
 
     def _refuse(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        self._shared.hub.stats.refused[status] += 1
+        self._shared.core.stats.refused[status] += 1
         log.info("refused %s: %d %s", self._peer(), status, reason)
         assert self._transport is not None
         self._transport.write(response(status, reason, headers))

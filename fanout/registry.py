@@ -7,10 +7,11 @@ limits hold across processes; the counts here also answer `sent` and /stats.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from .admission import Decision, decide
 from .config import Limits
-from .hub import Refusal, refusal_for
+from .route import Route
 
 
 @dataclass(slots=True)
@@ -19,12 +20,6 @@ class Conn:
     id: str
     user: str | None
     topics: frozenset[str]
-
-
-@dataclass(slots=True)
-class Decision:
-    refusal: Refusal | None
-    evict: list[Conn] = field(default_factory=list)
 
 
 class Registry:
@@ -39,24 +34,29 @@ class Registry:
     def __len__(self) -> int:
         return len(self._conns)
 
+    def decide(self, user: str | None) -> Decision[Conn]:
+        """The verdict for one more connection of `user` (None: the cap alone)."""
+        older = list(self._by_user.get(user, {}).values()) if user is not None else []
+        return decide(self.limits, self.draining, len(self._conns), older)
+
     def admit(
         self, worker: int, conn_id: str, user: str | None, topics: frozenset[str]
-    ) -> Decision:
-        user_conns = self._by_user.get(user, {}) if user is not None else {}
-        refusal = refusal_for(self.limits, self.draining, len(self._conns), len(user_conns))
-        if refusal is not None:
-            return Decision(refusal)
-        evict = []
-        while len(user_conns) >= self.limits.max_connections_per_user:
-            oldest = next(iter(user_conns.values()))
-            self.remove(oldest.id)
-            evict.append(oldest)
+    ) -> Decision[Conn]:
+        """Decide and, when admitted, count it; the evicted ones are forgotten here
+        (the caller ends them in their workers)."""
+        decision = self.decide(user)
+        if decision.refusal is None:
+            for old in decision.evict:
+                self.remove(old.id)
+            self.add(worker, conn_id, user, topics)
+        return decision
+
+    def add(self, worker: int, conn_id: str, user: str | None, topics: frozenset[str]) -> None:
         conn = Conn(worker, conn_id, user, topics)
         self._conns[conn_id] = conn
         if user is not None:
             self._by_user.setdefault(user, {})[conn_id] = conn
         self._topics.update(topics)
-        return Decision(None, evict)
 
     def remove(self, conn_id: str) -> Conn | None:
         conn = self._conns.pop(conn_id, None)
@@ -73,22 +73,26 @@ class Registry:
                 del self._topics[topic]
         return conn
 
-    def remove_worker(self, worker: int) -> int:
+    def remove_worker(self, worker: int) -> list[str]:
         gone = [c.id for c in self._conns.values() if c.worker == worker]
         for conn_id in gone:
             self.remove(conn_id)
-        return len(gone)
+        return gone
 
     def get(self, conn_id: str) -> Conn | None:
         return self._conns.get(conn_id)
 
-    def on_topic(self, topic: str, user: str | None = None) -> int:
-        if user is None:
-            return self._topics.get(topic, 0)
-        return sum(1 for c in self._by_user.get(user, {}).values() if topic in c.topics)
-
-    def of_user(self, user: str) -> int:
-        return len(self._by_user.get(user, {}))
+    def count_for(self, route: Route) -> int:
+        """How many connections an event on `route` reaches (fanout.route's rule)."""
+        kind = route.kind
+        if kind == "topic":
+            return self._topics.get(route.key, 0)
+        if kind == "all":
+            return len(self._conns)
+        if kind == "conn":
+            return 1 if route.key in self._conns else 0
+        conns = self._by_user.get(route.key, {}).values()
+        return sum(1 for c in conns if route.reaches(c.topics, c.user))
 
     def counts(self) -> dict[str, int]:
         return {

@@ -27,7 +27,7 @@ class Entry:
         self.ts = ts
         self.ring = ring
         # Set for an event sent to one user on one topic: replayed only to that
-        # user's connections that subscribe to the topic.
+        # user's connections that subscribe to the topic (fanout.route).
         self.topic = topic
         self.size = len(frame.chunked)
         self.dead = False
@@ -44,14 +44,13 @@ class Ring:
         self.latest: Entry | None = None
         self.latest_snapshot: Frame | None = None
 
-    def since(self, seq: int, topics: frozenset[str]) -> list[Entry]:
-        """Entries after `seq`, oldest first, that a connection on `topics` may see."""
+    def since(self, seq: int) -> list[Entry]:
+        """Entries after `seq`, oldest first (who may see them: fanout.route)."""
         out = []
         for entry in reversed(self.entries):
             if entry.seq <= seq:
                 break
-            if entry.topic is None or entry.topic in topics:
-                out.append(entry)
+            out.append(entry)
         out.reverse()
         return out
 

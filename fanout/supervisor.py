@@ -1,47 +1,44 @@
 """With `workers = N`: the supervisor process and its workers.
 
-The supervisor owns the control socket and a hub with no subscribers of its own: it
-validates, assigns ids, encodes each event once and retains it, then sends the same
-frame to every worker. Workers accept subscribers on the shared listeners (each TCP
-listener is bound by every worker with SO_REUSEPORT, so the kernel spreads
-connections evenly; a Unix listener is one socket they inherit). A worker asks the
-supervisor before admitting a connection, so the caps hold across workers. A worker
-that dies is restarted and seeded with everything retained, so its clients resume
-on any worker without loss.
+The supervisor owns the control socket, the id space and retention, but no
+subscriber: it validates, assigns ids, encodes each event once and retains it, then
+sends the same frame to every worker. Workers accept subscribers on the shared
+listeners (each TCP listener is bound by every worker with SO_REUSEPORT, so the
+kernel spreads connections evenly; a Unix listener is one socket they inherit). A
+worker asks the supervisor before admitting a connection, so the caps hold across
+workers. A worker that dies is restarted and seeded with everything retained, so its
+clients resume on any worker without loss.
+
+On the backplane the supervisor is the daemon's one reader of the shared stream and
+feeds its workers from it; per-user limits are counted in Redis across daemons.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
-import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from . import __version__, link, logs, systemd
-from .config import Config, parse_tcp, worker_count
+from . import link
+from .admission import EVICTED, decide
+from .config import Config, worker_count
 from .control import ControlApi, ControlProtocol
-from .hub import Delivery, Hub, Route
-from .ids import format_id, new_epoch
+from .daemon import Daemon, StartupError
+from .ids import Sequencer, new_epoch
+from .opening import covers
+from .publishing import Emit, Events, Publishing
 from .registry import Registry
-from .reload import plan as plan_reload
-from .server import (
-    EXPIRE_EVERY_S,
-    StartupError,
-    StopSignals,
-    _umask,
-    prepare_unix_path,
-    reread_config,
-)
+from .retention import Retention
+from .route import Delivery, Route, keys_of
 from .sse import Frame
+from .stats import COUNTERS, Stats, add_up
+from .streams import EXPIRE_EVERY_S
 
 log = logging.getLogger("fanout.supervisor")
 
@@ -101,87 +98,54 @@ class Worker:
 
 class Supervisor:
     def __init__(self, config: Config, config_path: str | None, log_level: str | None) -> None:
-        self.config = config
-        self._config_path = config_path
-        self._log_level = log_level
-        self._loop = asyncio.get_running_loop()
-        self._started = time.time()
+        self.daemon = daemon = Daemon(config, config_path, log_level)
+        self._loop = daemon.loop
         self.count = worker_count(config)
-        self.hub = Hub(
-            epoch=new_epoch(),
-            limits=config.limits,
-            stream=config.stream,
-            replay=config.replay,
-            clock=self._loop.time,
-            schedule_flush=self._loop.call_soon,
-        )
-        self.hub.on_event = self._forward
+        self.stats = Stats()  # what happens here (events published); workers count the rest
+        self.ids = Sequencer(new_epoch())
+        self.retention = Retention(config.replay)
         self.registry = Registry(config.limits)
         self.workers: dict[int, Worker] = {}
         self.restarts = 0
         self._backoff: dict[int, float] = {}
         self._stopping = False
-        self._signals = StopSignals()
-        self._stop, self._force = self._signals.stop, self._signals.force
         self._all_ready = asyncio.Event()
         self._tcp: list[str | None] = []
         self._unix_fds: list[int | None] = []
-        self._keep: list[socket.socket] = []  # reserved ports and shared Unix listeners
-        self._unix_paths: list[str] = []
-        self.listeners: list[str] = []
-        self._control: asyncio.Server | None = None
         self._stats_replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._stats_n = 0
         self._expire_handle: asyncio.TimerHandle | None = None
+        self._admitting: set[asyncio.Task[None]] = set()
+        self.backplane: Any = None
+        emit: Emit = self._publish_here
+        if config.backplane.redis:
+            from .backplane import Backplane
+            from .on_backplane import stream_emit
 
-    # -- listeners ------------------------------------------------------------
+            # This supervisor is the Sink its stream is read into.
+            self.backplane = Backplane(config.backplane, lambda: self.daemon.config.limits, self)
+            emit = stream_emit(self.backplane, self.registry.count_for, lambda: len(self.registry))
+        self.publishing = Publishing(emit, self._holds, lambda: self._stopping)
+        daemon.on_reload(self._apply)
 
-    def _bind_listeners(self) -> None:
-        for listener in self.config.listener:
+    # -- start ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.backplane is not None:
+            from .backplane import Unavailable
+
+            try:
+                await self.backplane.start()
+            except Unavailable as exc:
+                raise StartupError(str(exc)) from None
+        for listener in self.daemon.config.listener:
             if listener.tcp:
-                self._tcp.append(self._reserve_tcp(listener.tcp))
+                self._tcp.append(self.daemon.reserve_tcp(listener.tcp))
                 self._unix_fds.append(None)
             else:
                 self._tcp.append(None)
-                self._unix_fds.append(self._bind_unix(listener.unix, listener.unix_mode))
-
-    def _reserve_tcp(self, address: str) -> str:
-        # Bound but never listening: it holds the port (and resolves port 0) for the
-        # workers' SO_REUSEPORT sockets without taking any connection itself.
-        host, port = parse_tcp(address)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
-        self._keep.append(sock)
-        bound = sock.getsockname()[1]
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
-        self.listeners.append(f"http://{shown}:{bound}")
-        return f"{shown}:{bound}"
-
-    def _bind_unix(self, path: str, mode: int) -> int:
-        prepare_unix_path(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with _umask(0o177):
-                sock.bind(path)
-            os.chmod(path, mode)
-            sock.listen(4096)
-        except OSError as exc:
-            sock.close()
-            raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
-        sock.set_inheritable(True)
-        self._keep.append(sock)
-        self._unix_paths.append(path)
-        self.listeners.append(f"unix:{path}")
-        return sock.fileno()
-
-    async def start(self) -> None:
-        self._bind_listeners()
+                sock = self.daemon.bind_unix(listener.unix, listener.unix_mode)
+                self._unix_fds.append(sock.fileno())
         for index in range(1, self.count + 1):
             self._spawn(index)
         try:
@@ -189,19 +153,17 @@ class Supervisor:
         except TimeoutError:
             raise StartupError("workers did not start in time; see their log lines") from None
         # Last: a control socket that answers means every worker accepts connections.
-        api = ControlApi(self, self.snapshot)
-        factory = functools.partial(ControlProtocol, api, self.config.control.max_body_bytes)
-        path = self.config.control.socket
-        prepare_unix_path(path)
-        try:
-            with _umask(0o177):
-                self._control = await self._loop.create_unix_server(factory, path, backlog=4096)
-            os.chmod(path, self.config.control.socket_mode)
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
-        self._unix_paths.append(path)
-        self.listeners.append(f"unix:{path}")
+        control = self.daemon.config.control
+        api = ControlApi(self.publishing, self.snapshot)
+        await self.daemon.listen_unix(
+            control.socket,
+            control.socket_mode,
+            lambda: ControlProtocol(api, control.max_body_bytes),
+        )
         self._expire()
+
+    def describe(self) -> str:
+        return f"{self.count} workers serving on " + ", ".join(self.daemon.listeners[:-1])
 
     # -- workers --------------------------------------------------------------
 
@@ -225,9 +187,11 @@ class Supervisor:
         await self._loop.create_unix_connection(lambda: worker.link, sock=sock)
 
     def greet(self, index: int, master_link: MasterLink) -> None:
-        hello = link.Hello(index, self.hub.epoch, self.config, self._tcp, self._unix_fds)
+        config = self.daemon.config
+        hello = link.Hello(index, self.ids.epoch, config, self._tcp, self._unix_fds)
         master_link.send(link.encode(hello))
-        master_link.send(link.encode(link.Seed(self.hub.export_state())))
+        state = self.retention.export(self.ids.head, self._loop.time())
+        master_link.send(link.encode(link.Seed(state)))
 
     def _reap(self, worker: Worker) -> None:
         code = worker.proc.wait()
@@ -244,6 +208,9 @@ class Supervisor:
             return
         worker.ready = False
         dropped = self.registry.remove_worker(index)
+        if self.backplane is not None:
+            for conn in dropped:
+                self.backplane.release(conn)
         if self._stopping:
             return  # drain() waits for the workers, and kills them at its deadline
         if worker.proc.poll() is None:
@@ -257,7 +224,7 @@ class Supervisor:
             "worker %d (pid %d) died; %d clients will resume elsewhere; restarting in %.1f s",
             index,
             worker.pid or worker.proc.pid,
-            dropped,
+            len(dropped),
             delay,
         )
         self.restarts += 1
@@ -270,9 +237,16 @@ class Supervisor:
     def on_message(self, index: int, message: link.Message) -> None:
         worker = self.workers[index]
         if isinstance(message, link.Admit):
-            self._admit(worker, message)
+            if self.backplane is None:
+                self._admit(worker, message)
+            else:
+                task = asyncio.ensure_future(self._admit_on_backplane(worker, message))
+                self._admitting.add(task)
+                task.add_done_callback(self._admitting.discard)
         elif isinstance(message, link.Closed):
             self.registry.remove(message.conn)
+            if self.backplane is not None:
+                self.backplane.release(message.conn)
         elif isinstance(message, link.StatsReply):
             future = self._stats_replies.pop(message.n, None)
             if future is not None and not future.done():
@@ -283,64 +257,117 @@ class Supervisor:
             if all(w.ready for w in self.workers.values()) and len(self.workers) == self.count:
                 self._all_ready.set()
 
+    # -- admission --------------------------------------------------------------
+
     def _admit(self, worker: Worker, message: link.Admit) -> None:
-        decision = self.registry.admit(
-            worker.index, message.conn, message.user, frozenset(message.topics)
-        )
+        topics = frozenset(message.topics)
+        decision = self.registry.admit(worker.index, message.conn, message.user, topics)
         refusal = decision.refusal
         if refusal is not None:
             verdict = link.Verdict(
                 message.conn, refusal.status, refusal.reason, list(refusal.headers)
             )
-        else:
-            verdict = link.Verdict(message.conn, 0)
-        worker.link.send(link.encode(verdict))
+            worker.link.send(link.encode(verdict))
+            return
         for old in decision.evict:
             holder = self.workers.get(old.worker)
             if holder is not None:
-                reason = "evicted: this user opened a newer connection"
-                holder.link.send(link.encode(link.Evict(old.id, reason)))
+                holder.link.send(link.encode(link.Evict(old.id, EVICTED)))
+        worker.link.send(link.encode(link.Verdict(message.conn, 0)))
 
-    # -- publishing (the control API's backend) ---------------------------------
+    async def _admit_on_backplane(self, worker: Worker, message: link.Admit) -> None:
+        from .backplane import Unavailable
 
-    @property
-    def draining(self) -> bool:
-        return self._stopping
+        bp = self.backplane
+        topics = frozenset(message.topics)
+        # The cap counts this daemon's connections, those being admitted (each awaits
+        # Redis) included, or a burst of them would all pass it; this one is among them.
+        total = len(self.registry) + len(self._admitting) - 1
+        refusal = decide(self.registry.limits, self._stopping, total, []).refusal
+        if refusal is None and message.user is not None:
+            try:
+                refusal = (await bp.admit(message.conn, message.user)).refusal
+            except Unavailable:
+                log.warning("backplane down: per-user limit counted on this daemon only")
+                local = self.registry.decide(message.user)
+                refusal = local.refusal
+                if refusal is None:
+                    for old in local.evict:
+                        self.evict(old.id, EVICTED)
+        backfill: list[tuple[int, bytes, bytes]] = []
+        last = message.last_event_id
+        if refusal is None and last is not None:
+            keys = keys_of(topics, message.user)
+            found = await bp.resume(
+                topics, message.user, last, lambda: covers(self.ids, self.retention, keys, last)
+            )
+            backfill = [(seq, f.raw, f.chunked) for seq, f in found or ()]
+        if refusal is not None:
+            verdict = link.Verdict(
+                message.conn, refusal.status, refusal.reason, list(refusal.headers)
+            )
+        else:
+            self.registry.add(worker.index, message.conn, message.user, topics)
+            verdict = link.Verdict(message.conn, 0, backfill=backfill)
+        if worker.link.transport is None:
+            self.registry.remove(message.conn)  # the worker went while we waited
+            return
+        worker.link.send(link.encode(verdict))
+
+    def _holds(self, connection_id: str) -> bool | None:
+        if self.registry.get(connection_id) is not None:
+            return True
+        return None if self.backplane is not None else False
+
+    # -- the backplane's Sink, and the events published here ------------------------
+
+    def ingest(self, route: Route, seq: int, frame: Frame, live: bool) -> None:
+        self.ids.observe(seq)
+        self.retention.retain(route, seq, frame, self._loop.time())
+        if live:
+            self.stats.published += 1
+            self._forward(route, seq, frame)
+
+    def new_epoch(self, epoch: str) -> None:
+        self.ids.restart(epoch)
+        self.retention.clear()
+        self._broadcast(link.encode(link.NewEpoch(epoch)))
+
+    def gap(self, upto: int) -> None:
+        self.retention.mark_gap(upto)
+        self.ids.observe(upto)
+        self._broadcast(link.encode(link.Gap(upto)))
+
+    def evict(self, connection_id: str, reason: str) -> bool:
+        conn = self.registry.remove(connection_id)
+        holder = self.workers.get(conn.worker) if conn is not None else None
+        if holder is None:
+            return False
+        holder.link.send(link.encode(link.Evict(connection_id, reason)))
+        return True
+
+    def _publish_here(self, events: Events) -> list[Delivery]:
+        out = []
+        for route, event, payload in events:
+            seq = self.ids.next()
+            self.ingest(route, seq, self.ids.frame(seq, event, payload), True)
+            n = self.registry.count_for(route)
+            out.append(Delivery(self.ids.id(seq), n, len(self.registry)))
+        return out
 
     def _forward(self, route: Route, seq: int, frame: Frame) -> None:
-        message = link.encode(
-            link.Event(seq, route.kind, route.key, route.topic, frame.raw, frame.chunked)
-        )
         # Every worker gets every event: it retains it, so a client can resume on
         # any worker; and even an event for one connection elsewhere moves its head,
         # so an id from it is not taken for one from the future.
+        self._broadcast(
+            link.encode(
+                link.Event(seq, route.kind, route.key, route.topic, frame.raw, frame.chunked)
+            )
+        )
+
+    def _broadcast(self, message: bytes) -> None:
         for worker in self.workers.values():
             worker.link.send(message)
-
-    def publish(self, topic: str, event: str, payload: bytes, user: str | None = None) -> Delivery:
-        d = self.hub.publish(topic, event, payload, user)
-        sent = self.registry.on_topic(topic, user)
-        return Delivery(d.id, sent, sent)
-
-    def publish_many(self, items: list[tuple[str, str, bytes, str | None]]) -> list[Delivery]:
-        """(topic, event, payload, user) each; validated before, so all go out."""
-        return [self.publish(topic, event, payload, user) for topic, event, payload, user in items]
-
-    def broadcast(self, event: str, payload: bytes) -> Delivery:
-        d = self.hub.broadcast(event, payload)
-        return Delivery(d.id, len(self.registry), len(self.registry))
-
-    def notify(self, user: str, event: str, payload: bytes) -> Delivery:
-        d = self.hub.notify(user, event, payload)
-        n = self.registry.of_user(user)
-        return Delivery(d.id, n, n)
-
-    def send(self, connection_id: str, event: str, payload: bytes) -> Delivery | None:
-        if self.registry.get(connection_id) is None:
-            return None
-        seq, frame = self.hub.encode(event, payload)
-        self._forward(Route("conn", connection_id), seq, frame)
-        return Delivery(format_id(self.hub.epoch, seq), 1, 1)
 
     # -- stats ----------------------------------------------------------------
 
@@ -363,79 +390,44 @@ class Supervisor:
         for n in asked:  # a worker that died mid-query never answers
             self._stats_replies.pop(n, None)
         per_worker = [f.result() for f in done]
-        out: dict[str, Any] = {
-            "version": __version__,
-            "pid": os.getpid(),
-            "epoch": self.hub.epoch,
-            "uptime_s": round(time.time() - self._started, 3),
-            "listeners": self.listeners,
-            **self.hub.counts(),
-            **self.hub.stats.as_dict(),
+        return {
+            **self.daemon.info(),
+            "epoch": self.ids.epoch,
+            **self.retention.counts(),
+            "last_id": self.ids.id(self.ids.head),
+            # Each counter is counted where it happens; the sum is the daemon's.
+            **add_up([self.stats.as_dict(), *per_worker], COUNTERS),
+            **self.registry.counts(),
+            "workers": [
+                {"index": w["index"], "pid": w["pid"], "connections": w["connections"]}
+                for w in sorted(per_worker, key=lambda w: w["index"])
+            ],
+            "worker_restarts": self.restarts,
         }
-        # Counted where they happen: events encoded here, deliveries in workers.
-        for key in ("delivered", "dropped_slow", "evicted", "heartbeats", "timeouts",
-                    "replays", "replayed_events", "resets"):  # fmt: skip
-            out[key] = sum(w[key] for w in per_worker)
-        refused: dict[str, int] = {}
-        for w in per_worker:
-            for status, count in w["refused"].items():
-                refused[status] = refused.get(status, 0) + count
-        out["refused"] = dict(sorted(refused.items()))
-        out["refused_total"] = sum(refused.values())
-        out.update(self.registry.counts())
-        out["workers"] = [
-            {"index": w["index"], "pid": w["pid"], "connections": w["connections"]}
-            for w in sorted(per_worker, key=lambda w: w["index"])
-        ]
-        out["worker_restarts"] = self.restarts
-        return out
 
     def _expire(self) -> None:
-        self.hub.expire()
+        self.retention.expire(self._loop.time())
         self._expire_handle = self._loop.call_later(EXPIRE_EVERY_S, self._expire)
 
-    # -- signals and stop -------------------------------------------------------
+    # -- reload and stop ----------------------------------------------------------
 
-    def install_signal_handlers(self) -> None:
-        self._signals.install(self._loop, self.reload)
-
-    def reload(self) -> None:
-        new = reread_config(self._config_path, self._stopping)
-        if new is None:
-            return
-        plan = plan_reload(self.config, new)
-        self.config = plan.config
-        self.registry.limits = plan.config.limits
-        self.hub.update_limits(plan.config.limits)
-        if self._log_level is None:
-            logs.set_level(plan.config.log.level)
+    def _apply(self, config: Config) -> None:
+        self.registry.limits = config.limits
         for worker in self.workers.values():
-            worker.link.send(link.encode(link.Reload(plan.config)))
-        for key in plan.restart:
-            log.warning("reload: %s changed but needs a restart; keeping the running value", key)
-        log.info(
-            "reloaded %s: %s",
-            self._config_path,
-            ", ".join(plan.applied) or "no live setting changed",
-        )
-        systemd.ready("reloaded")
-
-    async def wait_stopped(self) -> None:
-        await self._stop.wait()
+            worker.link.send(link.encode(link.Reload(config)))
 
     async def drain(self) -> None:
         self._stopping = True
         self.registry.draining = True
-        if self._control is not None:
-            self._control.close()
+        self.daemon.stop_accepting()
         for worker in self.workers.values():
             if worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGTERM)
         # Each worker drains its own streams within shutdown_timeout_s.
-        deadline = self.config.stream.shutdown_timeout_s + 5
+        deadline = self.daemon.config.stream.shutdown_timeout_s + 5
         exits = [w.exited for w in self.workers.values()]
         if exits:
-            force = asyncio.ensure_future(self._force.wait())
+            force = asyncio.ensure_future(self.daemon.signals.force.wait())
             everyone = asyncio.ensure_future(asyncio.wait(exits))
             await asyncio.wait(
                 {force, everyone}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
@@ -449,30 +441,6 @@ class Supervisor:
             everyone.cancel()
         if self._expire_handle is not None:
             self._expire_handle.cancel()
-        for sock in self._keep:
-            sock.close()
-        for path in self._unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-
-async def serve(config: Config, *, config_path: str | None, log_level: str | None) -> None:
-    supervisor = Supervisor(config, config_path, log_level)
-    try:
-        await supervisor.start()
-    except BaseException:
-        await supervisor.drain()
-        raise
-    supervisor.install_signal_handlers()
-    log.info(
-        "fanout %s ready: %d workers, subscribers on %s; control on unix:%s",
-        __version__,
-        supervisor.count,
-        ", ".join(supervisor.listeners[:-1]),
-        config.control.socket,
-    )
-    systemd.ready(f"{supervisor.count} workers serving")
-    await supervisor.wait_stopped()
-    systemd.stopping()
-    await supervisor.drain()
-    log.info("stopped")
+        if self.backplane is not None:
+            await self.backplane.stop()
+        self.daemon.cleanup()

@@ -1,15 +1,14 @@
 """A worker process: subscribers on shared listeners, events from the supervisor.
 
-The worker never encodes an event: it receives each frame, already encoded, over
-its link, retains it (so a client may resume on any worker) and writes it to its
-own subscribers. It asks the supervisor before admitting a connection, so limits
-hold across workers.
+The worker never assigns an id: it receives each frame, already encoded, over its
+link, retains it (so a client may resume on any worker) and writes it to its own
+subscribers. Its gate is the link: it asks the supervisor before admitting a
+connection, so limits hold across workers (and across daemons on the backplane).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -17,32 +16,35 @@ import socket
 from typing import Any, cast
 
 from . import link, logs
-from .config import parse_tcp
-from .hub import Refusal, Route, Subscriber
-from .protocol import SubscriberProtocol
-from .server import Server, StartupError
+from .admission import Refusal
+from .core import Core
+from .daemon import Daemon, StartupError
+from .gates import Admittable
+from .hub import Subscriber
+from .route import Route
+from .server import flush_scheduler
 from .sse import Frame
-from .subscribe import Identity
+from .streams import Streams
 
 log = logging.getLogger("fanout.worker")
 
 
 class WorkerLink(asyncio.Protocol):
-    """The worker's end of the link; also its Gatekeeper."""
+    """The worker's end of the link; also its Gate."""
 
     def __init__(self) -> None:
         self.hello: asyncio.Future[link.Hello] = asyncio.get_running_loop().create_future()
         self.seeded = asyncio.Event()
         self.lost = asyncio.Event()
-        self.server: WorkerServer | None = None
+        self.worker: WorkerServer | None = None
         self._decoder = link.Decoder()
         self._transport: asyncio.Transport | None = None
-        self._waiting: dict[str, SubscriberProtocol] = {}
-        # Messages that arrive with Hello, before the server they are for exists.
+        self._waiting: dict[str, Admittable] = {}
+        # Messages that arrive with Hello, before the worker they are for exists.
         self._backlog: list[link.Message] = []
 
-    def attach(self, server: WorkerServer) -> None:
-        self.server = server
+    def attach(self, worker: WorkerServer) -> None:
+        self.worker = worker
         backlog, self._backlog = self._backlog, []
         for message in backlog:
             self._handle_safely(message)
@@ -57,11 +59,11 @@ class WorkerLink(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(link.encode(message))
 
-    # -- Gatekeeper -----------------------------------------------------------
+    # -- Gate -----------------------------------------------------------------
 
-    def ask(self, proto: SubscriberProtocol, sub: Subscriber, last_event_id: str | None) -> None:
+    def ask(self, proto: Admittable, sub: Subscriber, last_event_id: str | None) -> None:
         self._waiting[sub.id] = proto
-        self.send(link.Admit(sub.id, sub.user, sorted(sub.topics)))
+        self.send(link.Admit(sub.id, sub.user, sorted(sub.topics), last_event_id))
 
     def closed(self, sub: Subscriber) -> None:
         self.send(link.Closed(sub.id))
@@ -72,7 +74,7 @@ class WorkerLink(asyncio.Protocol):
         for message in self._decoder.feed(data):
             if isinstance(message, link.Hello):
                 self.hello.set_result(message)
-            elif self.server is None:
+            elif self.worker is None:
                 self._backlog.append(message)
             else:
                 self._handle_safely(message)
@@ -86,78 +88,63 @@ class WorkerLink(asyncio.Protocol):
             log.exception("failed to handle %s from the supervisor", type(message).__name__)
 
     def _handle(self, message: link.Message) -> None:
+        assert self.worker is not None
+        core = self.worker.core
         if isinstance(message, link.Event):
-            assert self.server is not None
             frame = Frame.from_parts(message.raw, message.chunked)
             route = Route(message.kind, message.key, message.topic)  # type: ignore[arg-type]
-            self.server.hub.ingest(route, message.seq, frame)
+            core.ingest(route, message.seq, frame)
         elif isinstance(message, link.Verdict):
             proto = self._waiting.pop(message.conn, None)
             if proto is not None:
                 refusal = None
                 if message.status:
                     refusal = Refusal(message.status, message.reason, tuple(message.headers))
-                proto.admitted(refusal)
+                backfill = [(s, Frame.from_parts(r, c)) for s, r, c in message.backfill]
+                proto.admitted(refusal, backfill or None)
         elif isinstance(message, link.Evict):
-            assert self.server is not None
-            sub = self.server.hub.subscriber(message.conn)
+            sub = core.hub.subscriber(message.conn)
             if sub is not None:
-                self.server.hub.evict(sub, message.reason)
+                core.hub.evict(sub, message.reason)
         elif isinstance(message, link.StatsQuery):
-            assert self.server is not None
-            self.send(link.StatsReply(message.n, self.server.worker_stats()))
+            self.send(link.StatsReply(message.n, self.worker.stats()))
         elif isinstance(message, link.Reload):
-            assert self.server is not None
-            self.server.apply(message.config)
+            self.worker.daemon.apply(message.config)
         elif isinstance(message, link.Seed):
-            assert self.server is not None
-            self.server.hub.import_state(message.state)
+            core.retention.restore(message.state, self.worker.daemon.loop.time())
+            core.ids.observe(message.state.head)
             self.seeded.set()
+        elif isinstance(message, link.NewEpoch):
+            core.new_epoch(message.epoch)
+        elif isinstance(message, link.Gap):
+            core.gap(message.upto)
 
 
-class WorkerServer(Server):
+class WorkerServer:
     def __init__(self, hello: link.Hello, worker_link: WorkerLink) -> None:
-        super().__init__(
-            hello.config,
-            epoch=hello.epoch,
-            conn_prefix=f"{hello.epoch}.{os.getpid()}",
-            own_admission=False,
-        )
         self.index = hello.index
         self._hello = hello
-        self.shared.gatekeeper = worker_link
+        self.daemon = daemon = Daemon(hello.config)
+        self.core = Core(
+            hello.config,
+            epoch=hello.epoch,
+            # Connection ids are unique per process: the worker's pid is in them.
+            conn_prefix=f"{hello.epoch}.{os.getpid()}",
+            clock=daemon.loop.time,
+            schedule_flush=flush_scheduler(daemon),
+        )
+        self.streams = Streams(daemon, self.core, worker_link)
 
     async def start(self) -> None:
-        config = self.config
-        auth = config.auth
-        header = auth.header.lower().encode() if auth.mode == "header" else None
-        hello = self._hello
-        for listener, tcp, fd in zip(config.listener, hello.tcp, hello.unix_fds, strict=True):
-            identity = Identity(header, listener.trusted, auth.allow_anonymous)
-            factory = functools.partial(SubscriberProtocol, self.shared, identity)
-            if tcp is not None:
-                host, port = parse_tcp(tcp)
-                # Each worker has its own socket on the port; the kernel spreads
-                # new connections over them evenly (a shared socket would not).
-                server = await self._loop.create_server(
-                    factory, host, port, reuse_port=True, backlog=4096
-                )
-            else:
-                assert fd is not None
-                sock = socket.socket(fileno=fd)
-                server = await self._loop.create_unix_server(factory, sock=sock, backlog=4096)
-            self._servers.append(server)
-        self._tick_handle = self._loop.call_soon(self._tick)
+        await self.streams.adopt(self._hello.tcp, self._hello.unix_fds)
+        self.streams.start()
 
-    def apply(self, config: Any) -> None:
-        self._apply(config)
-
-    def worker_stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "pid": os.getpid(),
-            **self.hub.counts(),
-            **self.hub.stats.as_dict(),
+            **self.core.counts(),
+            **self.core.stats.as_dict(),
         }
 
 
@@ -181,30 +168,31 @@ async def run(link_fd: int) -> None:
         return
     hello = worker_link.hello.result()
     logs.setup(hello.config.log.level, tag=f"w{hello.index}")
-    server = WorkerServer(hello, worker_link)
-    worker_link.attach(server)
+    worker = WorkerServer(hello, worker_link)
+    worker_link.attach(worker)
     if not await _unless_lost(worker_link, asyncio.ensure_future(worker_link.seeded.wait())):
         log.error("worker %d: the supervisor went away before the seed", hello.index)
         return
     try:
-        await server.start()
-    except OSError as exc:
-        raise StartupError(f"worker {hello.index} cannot listen: {exc.strerror}") from None
+        await worker.start()
+    except (OSError, StartupError) as exc:
+        raise StartupError(f"worker {hello.index} cannot listen: {exc}") from None
+    stop = worker.daemon.signals.stop
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.request_stop)
+        loop.add_signal_handler(sig, stop.set)
     # The supervisor forwards reloads as Reload messages with the file it read.
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     worker_link.send(link.Ready(os.getpid()))
     log.info("worker %d ready (pid %d)", hello.index, os.getpid())
     lost = asyncio.ensure_future(worker_link.lost.wait())
-    stopped = asyncio.ensure_future(server.wait_stopped())
+    stopped = asyncio.ensure_future(stop.wait())
     demo = None
     if hello.config.demo.enabled:
         from .demo import start_demo
 
         # Jobs start on whichever worker serves the page; the ambient counter and
         # notifications come from the first worker only.
-        demo = start_demo(hello.config, server.shared.pages, ambient=hello.index == 1)
+        demo = start_demo(hello.config, worker.streams.shared.pages, ambient=hello.index == 1)
     await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if lost.done() and not stopped.done():
         log.warning("supervisor is gone: draining")
@@ -212,4 +200,7 @@ async def run(link_fd: int) -> None:
     stopped.cancel()
     if demo is not None:
         await demo.stop()
-    await server.drain(server.config.stream.shutdown_timeout_s)
+    await worker.streams.drain(
+        worker.daemon.config.stream.shutdown_timeout_s, worker.daemon.signals.force
+    )
+    worker.daemon.cleanup()

@@ -1,4 +1,5 @@
-"""The hub's bookkeeping with fake transports (uvicorn MockTransport style)."""
+"""The single process's parts together (Core, LocalGate, Publishing) with fake
+transports (uvicorn MockTransport style): delivery, admission, replay, retention."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import re
 
 import pytest
 
-from fanout.config import Limits, Replay, Stream
-from fanout.hub import Hub, Subscriber
+from fanout.config import Limits, Replay
+from fanout.hub import Subscriber
 from fanout.ids import parse_id
+from tests.unit.node import Node
 
 
 class FakeTransport:
@@ -51,21 +53,13 @@ class Clock:
         return self.now
 
 
-def make_hub(limits: Limits | None = None, replay: Replay | None = None) -> tuple[Hub, Clock]:
+def make_hub(limits: Limits | None = None, replay: Replay | None = None) -> tuple[Node, Clock]:
     clock = Clock()
-    hub = Hub(
-        epoch="e",
-        limits=limits or Limits(),
-        stream=Stream(),
-        replay=replay or Replay(),
-        clock=clock,
-        schedule_flush=lambda fn: None,  # tests flush explicitly
-    )
-    return hub, clock
+    return Node(clock, limits, replay), clock
 
 
 def connect(
-    hub: Hub, topics=("a",), user=None, last_id=None, chunked=False
+    hub: Node, topics=("a",), user=None, last_id=None, chunked=False
 ) -> tuple[Subscriber, FakeTransport]:
     transport = FakeTransport()
     sub = hub.new_subscriber(transport, chunked, user, frozenset(topics))
@@ -155,12 +149,14 @@ def test_broadcast_notify_send_counts():
     _, t3 = connect(hub, ["c"])
     d = hub.broadcast("m", b"all")
     assert (d.sent, d.total) == (3, 3)
+    # One meaning in every mode: `sent` the connections addressed, `total` all open.
     d = hub.notify("u", "m", b"you")
-    assert (d.sent, d.total) == (2, 2)
+    assert (d.sent, d.total) == (2, 3)
     d = hub.send(s1.id, "m", b"one")
     assert d is not None
-    assert (d.sent, d.total) == (1, 1)
+    assert (d.sent, d.total) == (1, 3)
     assert hub.send("nope", "m", b"x") is None
+    hub.flush()
     assert published(t1) == ["all", "you", "one"]
     assert published(t2) == ["all", "you"]
     assert published(t3) == ["all"]
@@ -172,7 +168,8 @@ def test_slow_subscriber_is_cut_and_others_still_get_everything():
     _, fast = connect(hub, ["a"])
     slow.buffered = 2048
     d = hub.broadcast("m", b"1")
-    assert (d.sent, d.total) == (1, 2)
+    assert (d.sent, d.total) == (2, 2)  # addressed; the write finds one too slow
+    hub.flush()
     assert slow.aborted
     assert not slow_sub.active
     assert hub.stats.dropped_slow == 1
@@ -333,16 +330,18 @@ def test_shutdown_sends_jittered_retry_and_closes():
 def test_exported_state_seeds_another_hub_with_the_same_replay():
     import msgspec
 
-    from fanout.hub import HubState
+    from fanout.retention import RetainedState
 
     source, _ = make_hub(replay=Replay(max_events_per_topic=3, latest_value_topics=["p:*"]))
     for n in range(5):
         source.publish("a", "m", b"%d" % n)
     source.publish("p:1", "progress", b"50")
     source.notify("u", "m", b"note")
-    wire = msgspec.msgpack.encode(source.export_state())
+    wire = msgspec.msgpack.encode(source.retention.export(source.head, 1000.0))
     seeded, _ = make_hub(replay=Replay(max_events_per_topic=3, latest_value_topics=["p:*"]))
-    seeded.import_state(msgspec.msgpack.decode(wire, type=HubState))
+    state = msgspec.msgpack.decode(wire, type=RetainedState)
+    seeded.retention.restore(state, 1000.0)
+    seeded.core.ids.observe(state.head)
     assert seeded.head == source.head
     # Same replay after a retained id, same reset for an evicted one.
     _, t = connect(seeded, ["a"], last_id="e-3", user="u")
@@ -375,7 +374,9 @@ def test_latest_values_are_bounded_by_age_and_count():
     hub.close(sub)
     clock.now += 100
     hub.expire()
-    assert hub.counts()["topics_retained"] == 2  # p:0 and p:2 have subscribers; p:1 went
+    # p:1's latest value went; subscribers (p:0, p:2) live in the hub, not in retention.
+    assert hub.counts()["topics_retained"] == 0
+    assert hub.counts()["topics"] == 2
     _, later = connect(hub, ["p:1"])
     assert published(later) == []
 

@@ -2,12 +2,12 @@ import pytest
 
 from fanout import link
 from fanout.config import Config
-from fanout.hub import HubState, RetainedEvent, RingState
+from fanout.retention import RetainedEvent, RetainedState, RingState
 
 MESSAGES: list[link.Message] = [
     link.Hello(1, "e", Config(), ["127.0.0.1:8080", None], [None, 7]),
     link.Seed(
-        HubState(
+        RetainedState(
             5,
             [RingState("topic", "a", 2, [RetainedEvent(3, None, 0.5, b"r", b"c")], None)],
             [("topic", "gone", 1)],

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fanout.config import Limits, Replay, Stream
-from fanout.hub import Hub, Subscriber
+from fanout.config import Replay
+from fanout.hub import Subscriber
+from tests.unit.node import Node
 from tests.unit.test_hub import Clock, FakeTransport
 
 K = 4  # events retained per channel
@@ -60,14 +61,7 @@ ops = st.lists(
 @given(ops)
 def test_every_session_gets_exactly_what_it_missed_then_live(operations):
     clock = Clock()
-    hub = Hub(
-        epoch="e",
-        limits=Limits(),
-        stream=Stream(),
-        replay=Replay(max_events_per_topic=K),
-        clock=clock,
-        schedule_flush=lambda fn: None,
-    )
+    hub = Node(clock, replay=Replay(max_events_per_topic=K))
     log: list[tuple[int, str]] = []  # (seq, topic or BROADCAST), in publish order
     clients = [Client(topics) for topics in CLIENT_TOPICS]
 
