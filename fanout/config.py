@@ -200,11 +200,6 @@ def _check(config: Config) -> None:
         ("redis://", "rediss://", "unix://")
     ):
         raise ValueError("expected redis://, rediss:// or unix:// - at `$.backplane.redis`")
-    if config.backplane.redis and config.workers != 1:
-        raise ValueError(
-            "a Redis backplane runs with workers = 1 (run one daemon per core instead)"
-            " - at `$.workers`"
-        )
     if config.auth.mode == "none" and not config.auth.allow_anonymous:
         raise ValueError(
             'auth.mode = "none" makes every connection anonymous - at `$.auth.allow_anonymous`'

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 from typing import Any, cast
@@ -128,8 +129,10 @@ class WorkerServer:
         self.core = Core(
             hello.config,
             epoch=hello.epoch,
-            # Connection ids are unique per process: the worker's pid is in them.
-            conn_prefix=f"{hello.epoch}.{os.getpid()}",
+            # Connection ids are unique per process (the worker's pid is in them) and,
+            # on a backplane, across daemons (a `send` travels through the stream).
+            conn_prefix=f"{secrets.token_hex(5) if hello.config.backplane.redis else hello.epoch}"
+            f".{os.getpid()}",
             clock=daemon.loop.time,
             schedule_flush=flush_scheduler(daemon),
         )
