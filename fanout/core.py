@@ -14,7 +14,7 @@ from . import sse
 from .config import Config
 from .hub import Hub, Subscriber
 from .ids import Sequencer
-from .opening import Backfill, Who, covers, framed, opening
+from .opening import Backfill, covers, framed, opening
 from .retention import Retention
 from .route import Delivery, Route
 from .stats import Stats
@@ -62,9 +62,8 @@ class Core:
     def open(self, sub: Subscriber, last_event_id: str | None, backfill: Backfill | None) -> bytes:
         """Register an admitted subscriber; returns its stream's first bytes."""
         self.hub.add(sub)
-        who = Who(sub.id, sub.user, sub.topics, sub.keys)
         bodies = opening(
-            self.ids, self.retention, self.stats, self._retry, who, last_event_id, backfill
+            self.ids, self.retention, self.stats, self._retry, sub, last_event_id, backfill
         )
         return framed(bodies, sub.chunked)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import orjson
@@ -42,7 +42,6 @@ class Subscriber:
     # every connection with the same subscription (see Hub._view).
     __slots__ = (
         "active",
-        "channels",
         "chunked",
         "last_write",
         "prefix",
@@ -50,6 +49,7 @@ class Subscriber:
         "topics",
         "transport",
         "user",
+        "view",
     )
 
     def __init__(
@@ -67,7 +67,7 @@ class Subscriber:
         self.chunked = chunked
         self.user = user
         self.topics = topics
-        self.channels: tuple[Channel, ...] = ()
+        self.view: View | None = None  # set when added to the hub
         self.last_write = 0.0  # writes aimed at this connection alone, or a few
         self.active = True
 
@@ -77,8 +77,14 @@ class Subscriber:
         return f"{self.prefix}.{self.serial}"
 
     @property
-    def keys(self) -> list[Key]:
-        return keys_of(self.topics, self.user)
+    def channels(self) -> tuple[Channel, ...]:
+        return self.view.channels if self.view is not None else ()
+
+    @property
+    def keys(self) -> tuple[Key, ...]:
+        if self.view is not None:
+            return self.view.keys
+        return tuple(keys_of(self.topics, self.user))
 
     def last_activity(self) -> float:
         """When an event was last written here: a heartbeat is due only after silence."""
@@ -92,11 +98,12 @@ class Subscriber:
 class View:
     """A subscription shared by its connections: the same topics, the same user."""
 
-    __slots__ = ("channels", "topics", "users")
+    __slots__ = ("channels", "keys", "topics", "users")
 
     def __init__(self, topics: frozenset[str], channels: tuple[Channel, ...]) -> None:
         self.topics = topics
         self.channels = channels
+        self.keys = tuple(channel.key for channel in channels)
         self.users = 0  # connections holding it
 
 
@@ -181,10 +188,10 @@ class Hub:
             return None
         return self._subs.get(int(serial))
 
-    def of_user(self, user: str | None) -> list[Subscriber]:
+    def of_user(self, user: str | None) -> Sequence[Subscriber]:
         """A user's connections, oldest first."""
         if user is None:
-            return []
+            return ()
         channel = self._channels.get(("user", user))
         return sorted(channel.subscribers(), key=lambda s: s.serial) if channel else []
 
@@ -224,7 +231,7 @@ class Hub:
         view = self._view(sub.topics, sub.user)
         view.users += 1
         sub.topics = view.topics
-        sub.channels = view.channels
+        sub.view = view
         for channel in view.channels:
             channel.add(sub)
         self._subs[sub.serial] = sub

@@ -8,7 +8,9 @@ and no duplicate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
@@ -29,17 +31,28 @@ RESET_MESSAGES = {
 }
 
 
+class Whom(Protocol):
+    """The connection an opening is for (a hub Subscriber is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def topics(self) -> frozenset[str]: ...
+    @property
+    def keys(self) -> Sequence[Key]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Who:
-    """The connection an opening is for."""
-
     id: str
     user: str | None
     topics: frozenset[str]
-    keys: list[Key]
+    keys: Sequence[Key]
 
 
-def covers(ids: Sequencer, retention: Retention, keys: list[Key], last_event_id: str) -> bool:
+def covers(ids: Sequencer, retention: Retention, keys: Sequence[Key], last_event_id: str) -> bool:
     """Whether the rings alone can resume from `last_event_id` (else: a reset, or a
     backfill from a shared stream). Unusable ids count as covered: they get a reset
     whatever a stream holds."""
@@ -52,7 +65,7 @@ def opening(
     retention: Retention,
     stats: Stats,
     retry: bytes,
-    who: Who,
+    who: Whom,
     last_event_id: str | None,
     backfill: Backfill | None = None,
 ) -> list[bytes]:
@@ -93,7 +106,7 @@ def opening(
 
 
 def _reset(
-    ids: Sequencer, retention: Retention, who: Who, last_event_id: str | None, problem: str
+    ids: Sequencer, retention: Retention, who: Whom, last_event_id: str | None, problem: str
 ) -> bytes:
     oldest = retention.oldest(who.keys)
     data = {
@@ -105,7 +118,7 @@ def _reset(
     return sse.encode_event(orjson.dumps(data), event="reset")
 
 
-def _connected(ids: Sequencer, who: Who, position: int) -> bytes:
+def _connected(ids: Sequencer, who: Whom, position: int) -> bytes:
     # The id is the stream's position: a client that drops before any event resumes
     # from here rather than from nothing.
     data = {"connection": who.id, "user": who.user, "topics": sorted(who.topics)}

@@ -29,8 +29,15 @@ class Entry:
         # Set for an event sent to one user on one topic: replayed only to that
         # user's connections that subscribe to the topic (fanout.route).
         self.topic = topic
-        self.size = len(frame.chunked)
+        # Both framings are held: that is what the byte budget counts.
+        self.size = len(frame.raw) + len(frame.chunked)
         self.dead = False
+
+
+def latest_cost(entry: Entry) -> int:
+    """What a latest value holds: its entry (also when the ring let it go) and the
+    copy without its id line that new subscribers get (Ring.snapshot)."""
+    return entry.size + len(entry.frame.raw)
 
 
 class Ring:
@@ -85,13 +92,25 @@ class Store:
         self.max_bytes = max_bytes
         self._on_emptied = on_emptied
         self._order: deque[Entry] = deque()
-        self.bytes = 0
+        self.bytes = 0  # of ring entries
+        self.latest_bytes = 0  # of latest values, counted in the same budget
         self.count = 0
+
+    @property
+    def over_budget(self) -> bool:
+        return self.bytes + self.latest_bytes > self.max_bytes
+
+    def set_latest(self, ring: Ring, entry: Entry | None) -> None:
+        if ring.latest is not None:
+            self.latest_bytes -= latest_cost(ring.latest)
+        ring.latest = entry
+        ring.latest_snapshot = None
+        if entry is not None:
+            self.latest_bytes += latest_cost(entry)
 
     def retain(self, ring: Ring, entry: Entry, keep_latest: bool) -> None:
         if keep_latest:
-            ring.latest = entry
-            ring.latest_snapshot = None
+            self.set_latest(ring, entry)
         if self.max_events == 0 or entry.size > self.max_bytes:
             ring.evicted_max = entry.seq
             return
@@ -101,7 +120,9 @@ class Store:
         self.count += 1
         if len(ring.entries) > self.max_events:
             self._evict(ring.entries[0])
-        while self.bytes > self.max_bytes:
+        # Ring entries go first, oldest first; latest values only once no ring entry
+        # is left (fanout.retention drops them, least recently updated first).
+        while self.over_budget and self.count:
             self._evict_oldest()
 
     def expire(self, now: float) -> None:

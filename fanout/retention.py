@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import heapq
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import msgspec
 
@@ -84,6 +85,7 @@ class Retention:
         if keep_latest:
             self._latest[route.key] = ring
             self._latest.move_to_end(route.key)
+        if keep_latest or self.store.over_budget:
             self._bound_latest(now)
         self._maybe_prune(ring)
 
@@ -119,7 +121,7 @@ class Retention:
             )
         return known
 
-    def since(self, keys: list[Key], topics: frozenset[str], seq: int) -> list[Entry]:
+    def since(self, keys: Sequence[Key], topics: frozenset[str], seq: int) -> list[Entry]:
         """Entries after `seq` that a subscription on `keys` sees, in seq order."""
         runs = []
         for key in keys:
@@ -141,15 +143,15 @@ class Retention:
             return ring.evicted_max
         return self._tombstones.get(key, self._forgotten_floor)
 
-    def covers(self, keys: list[Key], seq: int) -> bool:
+    def covers(self, keys: Sequence[Key], seq: int) -> bool:
         return all(self.floor(key) <= seq for key in keys)
 
-    def oldest(self, keys: list[Key]) -> int | None:
+    def oldest(self, keys: Sequence[Key]) -> int | None:
         seqs = [ring.oldest_seq() for key in keys if (ring := self._rings.get(key)) is not None]
         present = [s for s in seqs if s is not None]
         return min(present) if present else None
 
-    def snapshots(self, keys: list[Key]) -> list[Frame]:
+    def snapshots(self, keys: Sequence[Key]) -> list[Frame]:
         """Latest values of the latest-value topics among `keys`, without their ids."""
         out = []
         for kind, name in keys:
@@ -163,7 +165,7 @@ class Retention:
         return {
             "topics_retained": sum(1 for kind, _ in self._rings if kind == "topic"),
             "retained_events": self.store.count,
-            "retained_bytes": self.store.bytes,
+            "retained_bytes": self.store.bytes + self.store.latest_bytes,
         }
 
     # -- transfer ---------------------------------------------------------------
@@ -198,19 +200,21 @@ class Retention:
             held = ring_state.latest
             if held is not None:
                 frame = Frame.from_parts(held.raw, held.chunked)
-                ring.latest = Entry(held.seq, frame, now - held.age_s, ring, None)
+                value = Entry(held.seq, frame, now - held.age_s, ring, None)
+                self.store.set_latest(ring, value)
                 if ring_state.kind == "topic":
-                    latest.append((ring.latest.ts, ring_state.key, ring))
+                    latest.append((value.ts, ring_state.key, ring))
             merged.extend((entry, ring) for entry in ring_state.entries)
         for _, name, ring in sorted(latest, key=lambda item: item[0]):
             self._latest[name] = ring
         # The store's global order is by seq, as if they had been published here.
         merged.sort(key=lambda pair: pair[0].seq)
-        for entry, ring in merged:
-            frame = Frame.from_parts(entry.raw, entry.chunked)
+        for event, ring in merged:
+            frame = Frame.from_parts(event.raw, event.chunked)
             self.store.retain(
-                ring, Entry(entry.seq, frame, now - entry.age_s, ring, entry.topic), False
+                ring, Entry(event.seq, frame, now - event.age_s, ring, event.topic), False
             )
+        self._bound_latest(now)
         for ring in list(self._rings.values()):
             self._maybe_prune(ring)
 
@@ -227,14 +231,19 @@ class Retention:
         r = self._replay
         cutoff = now - r.latest_max_age_s
         latest = self._latest
+        store = self.store
         while latest:
             name, ring = next(iter(latest.items()))
             entry = ring.latest
-            if entry is not None and entry.ts >= cutoff and len(latest) <= r.max_latest_topics:
+            if (
+                entry is not None
+                and entry.ts >= cutoff
+                and len(latest) <= r.max_latest_topics
+                and not store.over_budget
+            ):
                 return
             del latest[name]
-            ring.latest = None
-            ring.latest_snapshot = None
+            store.set_latest(ring, None)
             self._maybe_prune(ring)
 
     def _maybe_prune(self, ring: Ring) -> None:

@@ -147,3 +147,34 @@ def test_an_event_for_a_user_on_one_topic_is_activity_for_its_connections():
     node.flush()
     assert sub.last_activity() == clock.now
     assert other.last_activity() < clock.now
+
+
+def _held(kept: Retention) -> int:
+    """What retention really holds: both framings of every ring entry, and each latest
+    value's entry and id-less copy (counted even when its entry is also in a ring)."""
+    rings = kept._rings.values()
+    entries = sum(len(e.frame.raw) + len(e.frame.chunked) for r in rings for e in r.entries)
+    latest = sum(
+        len(r.latest.frame.raw) * 2 + len(r.latest.frame.chunked)
+        for r in rings
+        if r.latest is not None
+    )
+    return entries + latest
+
+
+def test_the_byte_budget_counts_both_framings_and_latest_values():
+    budget = 64 * 1024
+    ids = Sequencer("e")
+    kept = Retention(Replay(max_bytes_total=budget, latest_value_topics=["p:*"]))
+    payload = b"x" * 5000
+    for n in range(40):
+        topic = f"p:{n}" if n % 2 else "a"
+        seq = ids.next()
+        kept.retain(Route("topic", topic), seq, ids.frame(seq, "m", payload), float(n))
+        reported = kept.counts()["retained_bytes"]
+        assert reported == _held(kept)
+        assert reported <= budget
+    # Latest values only go once no ring entry is left, least recently updated first.
+    assert kept.counts()["retained_events"] == 0
+    names = [name for (kind, name) in kept._rings if kind == "topic"]
+    assert names == ["p:33", "p:35", "p:37", "p:39"]  # four fit: about 15 KB each
