@@ -1,13 +1,15 @@
 """Starlette and FastAPI: one AsyncPublisher for the app's lifetime.
 
+    from typing import Annotated
     from fastapi import Depends, FastAPI
     from fanout.client import AsyncPublisher
     from fanout.integrations.starlette import fanout_lifespan, get_publisher
 
+    Fanout = Annotated[AsyncPublisher, Depends(get_publisher)]
     app = FastAPI(lifespan=fanout_lifespan("/run/fanout/control.sock"))
 
     @app.post("/orders")
-    async def create(publisher: AsyncPublisher = Depends(get_publisher)):
+    async def create(publisher: Fanout):
         await publisher.publish("orders", {"id": 42}, event="created")
 
 The publisher is opened in the lifespan, on the server's event loop, and closed

@@ -41,7 +41,7 @@ def orders_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             INSTALLED_APPS=[],
         )
         django.setup()
-    # Each module that uses Django gets its own table in the one configured database.
+    # settings.configure works once per process: one database for the whole test run.
 
     def create() -> None:
         with connection.cursor() as cursor:
