@@ -23,7 +23,7 @@ app.conf.update(
 
 
 @app.task(bind=True)
-def process_items(self, n: int) -> int:  # type: ignore[no-untyped-def]
+def process_items(self, n: int) -> int:
     with track(self) as progress:
         for i in range(n):
             progress.update(round(100 * (i + 1) / n, 1), f"item {i + 1} of {n}")
@@ -31,7 +31,7 @@ def process_items(self, n: int) -> int:  # type: ignore[no-untyped-def]
 
 
 @app.task(bind=True)
-def fail_halfway(self) -> None:  # type: ignore[no-untyped-def]
+def fail_halfway(self) -> None:
     with track(self) as progress:
         progress.update(50, "half way")
         raise ValueError("disk full")
