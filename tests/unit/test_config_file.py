@@ -226,21 +226,49 @@ def test_a_silent_difference_is_named() -> None:
 # -- the README's reference -------------------------------------------------------
 
 
-def readme_config_keys(text: str) -> set[str]:
-    """Dotted keys named in the first column of the README's `## Configuration` table."""
+def readme_config_rows(text: str) -> dict[str, str]:
+    """Dotted key -> default cell, from the README's `## Configuration` table."""
     section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    keys: set[str] = set()
+    rows: dict[str, str] = {}
     for row in section.splitlines():
         if not row.startswith("| `"):
             continue
+        cells = row.split(" | ")
         table: str | None = None
-        for span in re.findall(r"`([^`]+)`", row.split("|")[1]):
+        for span in re.findall(r"`([^`]+)`", cells[0]):
             if span.startswith("[[") and "]] " in span:
                 table, span = span[2:].split("]] ", 1)
             elif "." in span:
                 table, span = span.split(".", 1)
-            keys.add(f"{table}.{span}" if table else span)
-    return keys
+            rows[f"{table}.{span}" if table else span] = cells[1]
+    return rows
+
+
+def readme_config_keys(text: str) -> set[str]:
+    return set(readme_config_rows(text))
+
+
+_UNITS = {"KiB": 1024, "MiB": 1024 * 1024}
+
+
+def readme_default(cell: str) -> tuple[bool, Any]:
+    """(understood, value) of a default cell: `19000`, `256 KiB`, `"none"`, `false`, `[]`.
+
+    The first part only: "`false` (`true` in the shipped file)" is false. Cells in
+    prose ("`tcp = ...`") are not understood and not compared.
+    """
+    head = cell.split(" (", 1)[0].strip()
+    if re.fullmatch(r"\d+(\.\d+)?", head):
+        return True, float(head)
+    if m := re.fullmatch(r"(\d+) (KiB|MiB)", head):
+        return True, int(m[1]) * _UNITS[m[2]]
+    if m := re.fullmatch(r"`([^`=]*)`", head):
+        literal = m[1]
+        try:
+            return True, tomllib.loads(f"v = {literal}")["v"]
+        except tomllib.TOMLDecodeError:
+            return True, literal  # a bare word: X-Fanout-User, fanout:events
+    return False, None
 
 
 def test_readme_documents_every_setting_and_no_other() -> None:
@@ -255,6 +283,49 @@ def test_readme_documents_every_section() -> None:
     documented = {key.split(".")[0] for key in readme_config_keys(README.read_text())}
     sections = {f.encode_name for f in msgspec.structs.fields(config.Config)}
     assert sections <= documented, sections - documented
+
+
+def test_readme_defaults_are_the_defaults() -> None:
+    rows = readme_config_rows(README.read_text())
+    defaults = _flat_defaults(config.Config)
+    wrong, compared = [], 0
+    for key, cell in rows.items():
+        understood, value = readme_default(cell)
+        if not understood or key not in defaults:
+            continue
+        compared += 1
+        if value != defaults[key]:
+            wrong.append(f"`{key}`: README says {cell.strip()!r}, the default is {defaults[key]!r}")
+    assert not wrong, "\n".join(wrong)
+    # Only prose cells are skipped: the listener's `tcp = "..."` row names two keys.
+    assert compared >= len(rows) - 2, f"compared {compared} of {len(rows)} README defaults"
+
+
+def _flat_defaults(struct: type[msgspec.Struct], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    instance = struct()
+    for field in msgspec.structs.fields(struct):
+        value = getattr(instance, field.name)
+        if isinstance(value, msgspec.Struct):
+            out.update(_flat_defaults(type(value), prefix + field.encode_name + "."))
+        elif (item := _list_of_struct(field.type)) is not None:
+            # [[listener]]: the README describes the default (first) entry.
+            entry = msgspec.to_builtins(value[0]) if value else {}
+            for name in (f.encode_name for f in msgspec.structs.fields(item)):
+                out[f"{prefix}{field.encode_name}.{name}"] = entry.get(name)
+        else:
+            out[prefix + field.encode_name] = msgspec.to_builtins(value)
+    return out
+
+
+def test_readme_default_parser() -> None:
+    assert readme_default(" 19000 ") == (True, 19000)
+    assert readme_default(" 256 KiB ") == (True, 256 * 1024)
+    assert readme_default(' `"none"` ') == (True, "none")
+    assert readme_default(" `false` (`true` in the shipped file) ") == (True, False)
+    assert readme_default(" `0o600` ") == (True, 0o600)
+    assert readme_default(" `X-Fanout-User` ") == (True, "X-Fanout-User")
+    assert readme_default(' `tcp = "127.0.0.1:8080"` ') == (False, None)
 
 
 def test_readme_key_parser_reads_the_table_forms() -> None:
