@@ -14,8 +14,8 @@
 
 The publisher is opened in the lifespan, on the server's event loop, and closed
 when the server shuts down: one keep-alive connection to the control socket for
-the whole app instead of one per request. Its requests are serialised (one at a
-time on that connection); a publish is a few tens of microseconds on the daemon.
+the whole app instead of one per request. Its requests take turns on that
+connection; `request_timeout` bounds each one (PublishError or TimeoutError after it).
 """
 
 from __future__ import annotations
