@@ -29,3 +29,12 @@ def process_publisher(socket_path: str) -> Publisher:
         if publisher is None:
             publisher = _publishers[key] = Publisher(socket_path)
         return publisher
+
+
+def close_process_publishers() -> None:
+    """Close the shared Publishers (at shutdown, or between tests); new ones open on use."""
+    with _lock:
+        publishers = list(_publishers.values())
+        _publishers.clear()
+    for publisher in publishers:
+        publisher.close()

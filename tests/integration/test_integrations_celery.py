@@ -21,6 +21,7 @@ import pytest
 from celery import Celery
 
 from fanout.integrations import celery as fanout_celery
+from fanout.integrations import close_process_publishers
 from tests.conftest import Daemon, base_config, merge
 from tests.integration import celery_tasks
 from tests.integration.test_backplane import RedisServer
@@ -82,6 +83,7 @@ def celery_worker() -> Iterator[tuple[Daemon, Worker]]:
     try:
         yield daemon, worker
     finally:
+        close_process_publishers()  # enqueue's, on this daemon
         worker.stop()
         daemon.stop()
         redis.stop()

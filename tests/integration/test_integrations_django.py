@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 from fanout.client import Publisher, PublishError
+from fanout.integrations import close_process_publishers
 from fanout.integrations import django as fanout_django
 from tests.sse_client import SSEClient, subscribe
 
@@ -49,6 +50,12 @@ def orders_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     _closing(create)()
     return path
+
+
+@pytest.fixture(autouse=True)
+def _shared_publishers_closed() -> Iterator[None]:
+    yield
+    close_process_publishers()  # those get_publisher() opened on this test's daemon
 
 
 def _closing(fn: Callable[[], T]) -> Callable[[], T]:
