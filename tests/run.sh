@@ -24,4 +24,9 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/ruff check fanout tests loadtest
 .venv/bin/ruff format --check fanout tests loadtest
 .venv/bin/mypy fanout
+# Besides unit and integration tests, pytest runs the packaging check
+# (tests/integration/test_packaging.py): `python -m build` of the sdist and the wheel,
+# `twine check`, and the wheel installed into a fresh venv (its dependencies come from
+# pip's cache, filled by the install above) running `fanout --version`,
+# `fanout check-config config.toml` and a daemon.
 exec .venv/bin/python -m pytest "$@"
