@@ -22,6 +22,7 @@ from .control import Backend, ControlApi, ControlProtocol
 from .demo import start_demo
 from .hub import Hub
 from .ids import new_epoch
+from .ops import start_ops
 from .protocol import Shared, SubscriberProtocol, TimerTarget
 from .reload import plan as plan_reload
 from .subscribe import Identity
@@ -370,10 +371,13 @@ async def serve(
     systemd.ready(f"serving on {', '.join(server.listeners[:-1])}")
     # Started once the control socket listens, since it publishes through it.
     demo = start_demo(config, server.shared.pages) if config.demo.enabled else None
+    ops = start_ops(config, server.shared.pages) if config.ops.enabled else None
     await server.wait_stopped()
     systemd.stopping()
     if demo is not None:
         await demo.stop()
+    if ops is not None:
+        await ops.stop()
     # server.config: a SIGHUP may have changed the drain timeout.
     await server.drain(server.config.stream.shutdown_timeout_s)
     log.info("stopped")
