@@ -156,3 +156,18 @@ async def test_ops_page_is_off_by_default(start_daemon: Callable[..., Daemon]) -
     daemon = start_daemon()
     status = await asyncio.to_thread(get, daemon, "/ops")
     assert status == 404
+
+
+async def test_ops_with_workers(start_daemon: Callable[..., Daemon]) -> None:
+    # Every worker serves /ops; the first one's publisher feeds all of them.
+    daemon = start_daemon(ops_config(workers=2))
+    for _ in range(4):  # new connections land on either worker
+        assert await asyncio.to_thread(get, daemon, "/ops") == 200
+    client = await subscribe(daemon.host, daemon.port, "/events?topic=fanout:ops")
+    try:
+        events = [e for e in await client.events(3) if e.event == "stats"]
+        snapshot = events[-1].json()
+        assert isinstance(snapshot, dict)
+        assert snapshot["stats"]["connections"] >= 1
+    finally:
+        await client.aclose()
