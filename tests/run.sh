@@ -28,9 +28,10 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
-.venv/bin/ruff check fanout tests loadtest
-.venv/bin/ruff format --check fanout tests loadtest
+.venv/bin/ruff check fanout tests loadtest deploy/grafana
+.venv/bin/ruff format --check fanout tests loadtest deploy/grafana
 .venv/bin/mypy fanout
+.venv/bin/mypy --strict deploy/grafana/dashboard.py
 # The browser client as an npm package (js/): dependencies from the lock file, the
 # declarations checked by tsc over typed usage, then node's test runner against the
 # real daemon (client, React hook, and `npm pack` installed into a fresh project).

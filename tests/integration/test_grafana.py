@@ -1,0 +1,95 @@
+"""deploy/grafana/fanout.json: schema-valid, and every query names a metric that the
+/metrics of a real daemon exposes (and every exposed metric is on the dashboard)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Daemon
+
+GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+METRIC = re.compile(r"\bfanout_[a-z_]+\b")
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("grafana_dashboard", GRAFANA / "dashboard.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def committed() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((GRAFANA / "fanout.json").read_text())
+    return data
+
+
+def queries(dashboard: dict[str, Any]) -> list[str]:
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    variables = [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    return exprs + variables
+
+
+async def scrape(daemon: Daemon) -> str:
+    reader, writer = await asyncio.open_unix_connection(daemon.control)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode()
+
+
+def test_the_committed_dashboard_is_what_the_generator_writes() -> None:
+    # Regenerate with: .venv/bin/python deploy/grafana/dashboard.py
+    assert (GRAFANA / "fanout.json").read_text() == generator().render()
+
+
+def test_the_dashboard_round_trips_through_grafanas_schema_model() -> None:
+    # Every field is one the schema knows: parsing into the SDK's model and writing
+    # it back loses nothing.
+    data = committed()
+    model = DashboardModel.from_json(data)
+    again = json.loads(json.dumps(model, cls=generator().JSONEncoder))
+    assert again == data
+    assert data["schemaVersion"] >= 39
+    assert data["uid"] == "fanout-sse"
+    ids = [p["id"] for p in data["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in data["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+
+
+@pytest.mark.integration
+async def test_every_query_names_an_exposed_metric(start_daemon: Any) -> None:
+    daemon: Daemon = start_daemon()
+    # fanout_refused_total has samples only once something was refused.
+    conn = http.client.HTTPConnection(daemon.host, daemon.port, timeout=5)
+    conn.request("GET", "/nope")
+    assert conn.getresponse().status == 404
+    conn.close()
+    families = list(text_string_to_metric_families(await scrape(daemon)))
+    exposed = {s.name for f in families for s in f.samples}
+    assert "fanout_refused_total" in exposed
+
+    used: set[str] = set()
+    for expr in queries(committed()):
+        names = set(METRIC.findall(expr))
+        assert names, f"no fanout metric in {expr!r}"
+        assert names <= exposed, f"{expr!r} names {names - exposed}, not in /metrics"
+        used |= names
+    # And nothing /metrics exposes is left off the dashboard.
+    assert {s.name for f in families for s in f.samples if s.name.startswith("fanout_")} <= used
