@@ -31,8 +31,13 @@ export function useFanout(url, options = {}) {
     token,
     ...connection // mode, headers, withCredentials, initialDelayMs, maxDelayMs, factor, jitter
   } = options;
-  const latest = useRef(options);
-  latest.current = { reducer, onState, onReset, onError, token };
+  // The callbacks of the latest render, for the client's handlers to call. Updated in
+  // an effect (not during render, which React may run and throw away); declared before
+  // the connection's effect, so a new client already sees this render's callbacks.
+  const latest = useRef({ reducer, onState, onReset, onError, token });
+  useEffect(() => {
+    latest.current = { reducer, onState, onReset, onError, token };
+  });
 
   const [data, setData] = useState(initial);
   const [state, setState] = useState(enabled ? CONNECTING : CLOSED);
@@ -47,6 +52,7 @@ export function useFanout(url, options = {}) {
   const eventKey = JSON.stringify(listOf(event, ["message"]));
   const connectionKey = JSON.stringify(connection);
   const urlKey = String(url);
+  const hasToken = token !== undefined;
   // Resume across reconnects of this hook (new topics) from the last id seen.
   const resumeFrom = useRef(lastEventId ?? null);
 
@@ -59,7 +65,7 @@ export function useFanout(url, options = {}) {
       const fn = latest.current[name];
       if (typeof fn === "function") fn(...args);
     };
-    const tokenOption = token === undefined ? {} : {
+    const tokenOption = !hasToken ? {} : {
       // Read at each connect, so a token passed anew on a later render is used.
       token: () => {
         const value = latest.current.token;
@@ -107,8 +113,9 @@ export function useFanout(url, options = {}) {
       fanout.close();
       setClient(null);
     };
-    // token is only checked for presence: its value is read through the ref.
-  }, [urlKey, topicKey, eventKey, connectionKey, enabled, token === undefined]);
+    // The token's value is read through the ref at each connect: only its presence
+    // decides the client's options.
+  }, [urlKey, topicKey, eventKey, connectionKey, enabled, hasToken]);
 
   return { data, state, reset, error, client, ...ids };
 }

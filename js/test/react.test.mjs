@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, beforeEach, afterEach, test } from "node:test";
 import { EventSource } from "eventsource";
 import { JSDOM } from "jsdom";
-import { createElement as h, StrictMode } from "react";
+import { createElement as h, StrictMode, useEffect } from "react";
 import { createRoot } from "react-dom/client";
 import { useFanout } from "fanout-client/react";
 import { declaredMembers } from "./declared.mjs";
@@ -148,4 +148,54 @@ test("StrictMode's mount, unmount, mount leaves one connection", async () => {
   await daemon.waitConnections(1);
   await daemon.publish("orders", { id: 4, name: "soup" }, "order");
   await waitFor(() => text("ul") === "soup", "soup, once");
+});
+
+/** Keeps the `connected` event's data: who the daemon thinks the user is. */
+function Whoami({ results, onReset, lastEventId }) {
+  const result = useFanout("../events", { lastEventId, onReset, topics: ["inbox"], event: "connected" });
+  results.push(result);
+  return h("span", { id: "user" }, result.data?.user ?? "");
+}
+
+test("a new token is used at the next connect, without reconnecting for it", async () => {
+  const authed = await new Daemon(
+    '[auth]\nmode = "header"\nheader = "Authorization"\n[[listener]]\ntcp = "127.0.0.1:0"\ntrusted = true\n',
+  ).start();
+  const results = [];
+  const other = createRoot(container);
+  try {
+    // An absolute URL: this daemon is not the page's origin.
+    let committed = null;
+    const Abs = ({ token }) => {
+      const r = useFanout(`${authed.base}/events`, { mode: "fetch", token, event: "connected" });
+      results.push({ token, ...r });
+      // Runs after the hook's own effects of the same render.
+      useEffect(() => {
+        committed = token;
+      });
+      return h("span", { id: "user" }, r.data?.user ?? "");
+    };
+    other.render(h(Abs, { token: "a" }));
+    await waitFor(() => text("#user") === "Bearer a", "user a");
+    const { client } = results.at(-1);
+    other.render(h(Abs, { token: "b" }));
+    await waitFor(() => committed === "b", "the render with token b to commit");
+    assert.equal(text("#user"), "Bearer a"); // no reconnect for a new token
+    assert.equal(results.at(-1).client, client);
+    client.reconnect();
+    await waitFor(() => text("#user") === "Bearer b", "user b after the reconnect");
+    assert.equal(results.at(-1).client, client);
+  } finally {
+    other.unmount();
+    await authed.close();
+  }
+});
+
+test("a reset reaches both the result and the onReset callback", async () => {
+  const results = [];
+  const seen = [];
+  root.render(h(Whoami, { results, lastEventId: "1-5", onReset: (info) => seen.push(info.reason) }));
+  await waitFor(() => results.at(-1)?.reset, "the reset in the result");
+  assert.equal(results.at(-1).reset.reason, "other-epoch");
+  assert.deepEqual(seen, ["other-epoch"]);
 });
