@@ -7,7 +7,12 @@ import asyncio
 import http.client
 import importlib.util
 import json
+import os
 import re
+import shutil
+import signal
+import socket
+import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,7 +21,7 @@ import pytest
 from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 METRIC = re.compile(r"\bfanout_[a-z_]+\b")
@@ -93,3 +98,81 @@ async def test_every_query_names_an_exposed_metric(start_daemon: Any) -> None:
         used |= names
     # And nothing /metrics exposes is left off the dashboard.
     assert {s.name for f in families for s in f.samples if s.name.startswith("fanout_")} <= used
+
+
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+NGINX_WRAPPER = """\
+{user}
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    include {dir}/metrics.conf;
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.integration
+def test_the_nginx_recipe_exposes_metrics_and_nothing_else(
+    start_daemon: Any, short_tmp: Path
+) -> None:
+    assert NGINX is not None, "nginx is missing: run `bash tests/run.sh`, which installs it"
+    daemon: Daemon = start_daemon()
+    port = free_port()
+    text = (GRAFANA / "nginx-metrics.conf").read_text()
+    for old, new in {
+        "listen 127.0.0.1:9464;": f"listen 127.0.0.1:{port};",
+        "unix:/run/fanout/control.sock:": f"unix:{daemon.control}:",
+    }.items():
+        assert old in text, f"nginx-metrics.conf no longer contains {old!r}"
+        text = text.replace(old, new)
+    work = short_tmp / "nginx"
+    (work / "tmp").mkdir(parents=True)
+    (work / "metrics.conf").write_text(text)
+    # As root, workers would run as nobody, who cannot enter the temp dir.
+    user = "user root;" if os.geteuid() == 0 else ""
+    (work / "nginx.conf").write_text(NGINX_WRAPPER.format(dir=work, user=user))
+    command = [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "e.log")]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, (work / "e.log").read_text(errors="replace")
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(up, 10, "nginx to listen")
+
+        def ask(method: str, path: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request(method, path, body=b"{}" if method == "POST" else None)
+                response = conn.getresponse()
+                return response.status, response.read().decode(errors="replace")
+            finally:
+                conn.close()
+
+        status, body = ask("GET", "/metrics")
+        assert status == 200
+        assert "fanout_connections" in body
+        assert ask("POST", "/metrics")[0] == 403
+        assert ask("POST", "/publish")[0] == 404
+        assert ask("GET", "/stats")[0] == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
