@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 from .client import AsyncPublisher, PublishError
@@ -42,7 +43,14 @@ class OpsPublisher:
         stats = await self._publisher.stats()
         # `at` is when the snapshot was read: rates are differences over it, so a
         # late tick does not show as a dip.
-        data = {"at": time.time(), "interval_s": self._settings.interval_s, "stats": stats}
+        # `source` tells daemons apart where several publish to the topic (hosts on
+        # one Redis backplane): the page tracks each and adds them up.
+        data = {
+            "at": time.time(),
+            "interval_s": self._settings.interval_s,
+            "source": f"{socket.gethostname()}/{stats.get('pid')}",
+            "stats": stats,
+        }
         await self._publisher.publish(OPS_TOPIC, data, event=OPS_EVENT)
 
     async def _run(self) -> None:

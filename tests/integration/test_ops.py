@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import http.client
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,7 +76,8 @@ def test_ops_page_shows_live_traffic(start_daemon: Callable[..., Daemon], driver
     wait(driver, lambda d: text(d, "#state") == "open", "the page to connect")
     wait(driver, lambda d: len(ops_state(d)["rates"]) >= 1, "two snapshots")
     wait(driver, lambda d: text(d, "#connections") == "1", "the page's own connection")
-    assert text(driver, "#pid") == str(daemon.stats()["pid"])
+    stats = daemon.stats()
+    assert text(driver, "#who") == f"fanout {stats['version']} · pid {stats['pid']}"
 
     with streams(daemon, 3, "load"):
         daemon.wait_connections(4)
@@ -131,6 +133,39 @@ def test_ops_page_shows_live_traffic(start_daemon: Callable[..., Daemon], driver
     wait(driver, lambda d: len(ops_state(d)["rates"]) >= 12, "a few more snapshots")
     ARTIFACTS.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(ARTIFACTS / "ops.png"))
+
+
+def test_ops_page_adds_up_daemons_sharing_the_topic(
+    start_daemon: Callable[..., Daemon], driver: Driver
+) -> None:
+    # Hosts on one Redis backplane all publish to fanout:ops. Here the test plays a
+    # second daemon by publishing its snapshots: the page must add the two up, not
+    # take differences between their counters, and drop the other once it goes quiet.
+    daemon = start_daemon(ops_config())
+    driver.get(f"http://{daemon.host}:{daemon.port}/ops")
+    wait(driver, lambda d: text(d, "#connections") == "1", "the page's own connection")
+
+    def other(published: int) -> float:
+        at = time.time()
+        stats = daemon.stats() | {"pid": 4242, "connections": 10, "published": published}
+        snapshot = {"at": at, "interval_s": INTERVAL_S, "source": "host-b/4242", "stats": stats}
+        daemon.publish("fanout:ops", snapshot, event="stats")
+        return at
+
+    first = other(1000)
+    wait(driver, lambda d: text(d, "#connections") == "11", "both daemons' connections")
+    assert text(driver, "#who").startswith("2 daemons · pids ")
+    second = other(1100)
+    other_rate = 100 / (second - first)
+
+    def published_rate(d: Driver) -> float:
+        last = ops_state(d)["rates"][-1:]
+        return float(last[0]["published"] or 0) if last else 0.0
+
+    wait(driver, lambda d: published_rate(d) >= other_rate, "the rates added up")
+    # Silent for 3 intervals: gone from the sums.
+    wait(driver, lambda d: text(d, "#connections") == "1", "the other daemon to drop out")
+    assert text(driver, "#who").startswith("fanout ")
 
 
 async def test_ops_topic_carries_the_stats_snapshot(start_daemon: Callable[..., Daemon]) -> None:
