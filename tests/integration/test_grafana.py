@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import importlib.util
 import json
@@ -13,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -127,36 +129,59 @@ def free_port() -> int:
         return port
 
 
+def render_recipe(port: int, control: str) -> str:
+    text = (GRAFANA / "nginx-metrics.conf").read_text()
+    for old, new in {
+        "listen 127.0.0.1:9464;": f"listen 127.0.0.1:{port};",
+        "unix:/run/fanout/control.sock:": f"unix:{control}:",
+    }.items():
+        # If the file drifts from what its header documents, say so here.
+        assert old in text, f"nginx-metrics.conf no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+@contextlib.contextmanager
+def nginx(work: Path, control: str) -> Iterator[int]:
+    """nginx in the foreground on the recipe; yields its port."""
+    assert NGINX is not None, "nginx is missing: run `bash tests/run.sh`, which installs it"
+    (work / "tmp").mkdir(parents=True)
+    # As root, workers would run as nobody, who cannot enter the temp dir.
+    user = "user root;" if os.geteuid() == 0 else ""
+    (work / "nginx.conf").write_text(NGINX_WRAPPER.format(dir=work, user=user))
+    log = work / "e.log"
+    command = [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(log)]
+    # The port is picked free, then bound by nginx: retry if another process took it.
+    for _ in range(3):
+        port = free_port()
+        (work / "metrics.conf").write_text(render_recipe(port, control))
+        proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+
+        def up_or_exited(proc: subprocess.Popen[bytes] = proc, port: int = port) -> str | None:
+            if proc.poll() is not None:
+                return "exited"
+            with socket.socket() as sock:
+                return "up" if sock.connect_ex(("127.0.0.1", port)) == 0 else None
+
+        state = wait_for(up_or_exited, 10, "nginx to listen")
+        if state == "up":
+            try:
+                yield port
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+            return
+        if "Address already in use" not in log.read_text(errors="replace"):
+            break
+    raise RuntimeError(f"nginx did not start:\n{log.read_text(errors='replace')}")
+
+
 @pytest.mark.integration
 def test_the_nginx_recipe_exposes_metrics_and_nothing_else(
     start_daemon: Any, short_tmp: Path
 ) -> None:
-    assert NGINX is not None, "nginx is missing: run `bash tests/run.sh`, which installs it"
     daemon: Daemon = start_daemon()
-    port = free_port()
-    text = (GRAFANA / "nginx-metrics.conf").read_text()
-    for old, new in {
-        "listen 127.0.0.1:9464;": f"listen 127.0.0.1:{port};",
-        "unix:/run/fanout/control.sock:": f"unix:{daemon.control}:",
-    }.items():
-        assert old in text, f"nginx-metrics.conf no longer contains {old!r}"
-        text = text.replace(old, new)
-    work = short_tmp / "nginx"
-    (work / "tmp").mkdir(parents=True)
-    (work / "metrics.conf").write_text(text)
-    # As root, workers would run as nobody, who cannot enter the temp dir.
-    user = "user root;" if os.geteuid() == 0 else ""
-    (work / "nginx.conf").write_text(NGINX_WRAPPER.format(dir=work, user=user))
-    command = [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "e.log")]
-    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, (work / "e.log").read_text(errors="replace")
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_for(up, 10, "nginx to listen")
+    with nginx(short_tmp / "nginx", daemon.control) as port:
 
         def ask(method: str, path: str) -> tuple[int, str]:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -173,6 +198,3 @@ def test_the_nginx_recipe_exposes_metrics_and_nothing_else(
         assert ask("POST", "/metrics")[0] == 403
         assert ask("POST", "/publish")[0] == 404
         assert ask("GET", "/stats")[0] == 404
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
