@@ -22,7 +22,7 @@ export type TokenSource =
 
 export interface FanoutOptions {
   /** Topics to subscribe to (the `topic` query parameters). Default `[]`. */
-  topics?: Iterable<string>;
+  topics?: readonly string[] | ReadonlySet<string>;
   /** "eventsource" (default): the browser's EventSource. "fetch": fetch + a stream reader, which can send headers. */
   mode?: "eventsource" | "fetch";
   /** fetch mode: sent as `Authorization: Bearer <token>`. Default `null`. */
@@ -51,7 +51,7 @@ export interface FanoutOptions {
 
 /** The options after defaults are applied (`client.options`). */
 export interface ResolvedFanoutOptions extends FanoutOptions {
-  topics: Iterable<string>;
+  topics: readonly string[] | ReadonlySet<string>;
   mode: "eventsource" | "fetch";
   token: TokenSource;
   headers: Record<string, string>;

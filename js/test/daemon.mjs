@@ -1,7 +1,7 @@
 // Starts the real fanout daemon for a test: `python -m fanout serve` on port 0, with
 // its control socket in a short temp dir, and talks to that socket like a publisher.
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -73,7 +73,6 @@ export class Daemon {
   }
 
   async start() {
-    const { openSync, closeSync } = await import("node:fs");
     const fd = openSync(this.logPath, "a");
     this.proc = spawn(PYTHON, ["-m", "fanout", "serve", "-c", this.configPath], {
       cwd: this.dir,

@@ -67,6 +67,8 @@ parser.feed("data: 1\n\n");
 connect("/events", { mode: "websocket" });
 // @ts-expect-error: topics are strings
 connect("/events", { topics: [1, 2] });
+// @ts-expect-error: a list of topics, not one string (which would be split into letters)
+connect("/events", { topics: "orders" });
 // @ts-expect-error: a reset handler gets ResetInfo, whose reason is a known string
 client.onReset((info) => info.reason === "timeout");
 // @ts-expect-error: state is read-only
