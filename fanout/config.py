@@ -136,6 +136,18 @@ class Demo(Struct, frozen=True, forbid_unknown_fields=True):
     max_jobs: Annotated[int, Meta(ge=1, le=1000)] = 20
 
 
+class Ops(Struct, frozen=True, forbid_unknown_fields=True):
+    """The live ops page at /ops and the publisher inside the daemon that feeds it."""
+
+    # Off unless asked for: when on, anyone who reaches a public listener can load
+    # /ops and follow the `fanout:ops` topic (the /stats snapshot: counts, pid,
+    # uptime, listener addresses). Turn it on where only operators reach a listener.
+    enabled: bool = False
+    # How often the /stats snapshot is published; the page's rates are per second
+    # over this interval.
+    interval_s: Annotated[float, Meta(ge=0.05, le=3600)] = 1.0
+
+
 def _default_listeners() -> list[Listener]:
     return [Listener(tcp="127.0.0.1:8080")]
 
@@ -153,6 +165,7 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True):
     backplane: Backplane = msgspec.field(default_factory=Backplane)
     log: Log = msgspec.field(default_factory=Log)
     demo: Demo = msgspec.field(default_factory=Demo)
+    ops: Ops = msgspec.field(default_factory=Ops)
 
 
 def worker_count(config: Config) -> int:

@@ -1,9 +1,9 @@
 """The daemon's own pages on the public listener, sans-IO: a Page in, response bytes out.
 
 `/fanout.js` (the browser client) is always served; `/demo` and `POST /demo/jobs`
-only while the demo publisher is attached. Files are read once, at start, and
-answered whole with `Connection: close`: these are a few requests per page load,
-not the streams the daemon is built for.
+only while the demo publisher is attached, `/ops` only while the ops publisher runs.
+Files are read once, at start, and answered whole with `Connection: close`: these
+are a few requests per page load, not the streams the daemon is built for.
 """
 
 from __future__ import annotations
@@ -77,14 +77,19 @@ class Pages:
     def __init__(self) -> None:
         # Set by the demo publisher when [demo] enabled = true; /demo is 404 without it.
         self.demo: JobStarter | None = None
+        # Set by the ops publisher when [ops] enabled = true; /ops is 404 without it.
+        self.ops = False
         self._assets = {
             "/fanout.js": _asset("fanout.js", "application/javascript; charset=utf-8"),
             "/demo": _asset("demo.html", "text/html; charset=utf-8"),
+            "/ops": _asset("ops.html", "text/html; charset=utf-8"),
         }
 
     def answer(self, page: Page) -> bytes:
         if page.path.startswith("/demo") and self.demo is None:
             return _json(404, {"error": "the demo is off; turn it on with [demo] enabled = true"})
+        if page.path == "/ops" and not self.ops:
+            return _json(404, {"error": "ops page is off; turn it on with [ops] enabled = true"})
         if page.path == "/demo/jobs":
             return self._start_job(page)
         if page.method not in ("GET", "HEAD"):

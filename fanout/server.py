@@ -15,6 +15,7 @@ from .daemon import Daemon, StartupError, run
 from .demo import start_demo
 from .gates import Gate, LocalGate
 from .ids import new_epoch
+from .ops import start_ops
 from .publishing import Emit, Events, Publishing
 from .route import Delivery
 from .streams import Streams
@@ -71,6 +72,7 @@ class Server:
         self.shared = self.streams.shared
         self.publishing = Publishing(emit, holds, lambda: core.draining)
         self.demo: Any = None
+        self.ops: Any = None
 
     @property
     def listeners(self) -> list[str]:
@@ -95,6 +97,8 @@ class Server:
         if config.demo.enabled:
             # Started once the control socket listens, since it publishes through it.
             self.demo = start_demo(config, self.shared.pages)
+        if config.ops.enabled:
+            self.ops = start_ops(config, self.shared.pages)
 
     def snapshot(self) -> dict[str, Any]:
         core = self.core
@@ -109,8 +113,9 @@ class Server:
         return "serving on " + ", ".join(self.daemon.listeners[:-1])
 
     async def drain(self) -> None:
-        if self.demo is not None:
-            await self.demo.stop()
+        for publisher in (self.demo, self.ops):
+            if publisher is not None:
+                await publisher.stop()
         # The config read now: a SIGHUP may have changed the drain timeout.
         timeout = self.daemon.config.stream.shutdown_timeout_s
         await self.streams.drain(timeout, self.daemon.signals.force)

@@ -48,7 +48,7 @@ class Identity:
 
 EVENTS_PATH = "/events"
 # Answered by fanout.pages; any method, so it can say 405 itself.
-PAGE_PATHS = frozenset({"/fanout.js", "/demo", "/demo/jobs"})
+PAGE_PATHS = frozenset({"/fanout.js", "/demo", "/demo/jobs", "/ops"})
 MAX_ID_LENGTH = 128
 
 

@@ -196,6 +196,12 @@ async def run(link_fd: int) -> None:
         # Jobs start on whichever worker serves the page; the ambient counter and
         # notifications come from the first worker only.
         demo = start_demo(hello.config, worker.streams.shared.pages, ambient=hello.index == 1)
+    ops = None
+    if hello.config.ops.enabled:
+        from .ops import start_ops
+
+        # Every worker serves /ops; the first publishes the (all-worker) snapshot.
+        ops = start_ops(hello.config, worker.streams.shared.pages, publish=hello.index == 1)
     await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if lost.done() and not stopped.done():
         log.warning("supervisor is gone: draining")
@@ -203,6 +209,8 @@ async def run(link_fd: int) -> None:
     stopped.cancel()
     if demo is not None:
         await demo.stop()
+    if ops is not None:
+        await ops.stop()
     await worker.streams.drain(
         worker.daemon.config.stream.shutdown_timeout_s, worker.daemon.signals.force
     )

@@ -1,5 +1,7 @@
 // fanout.js: the browser client for the fanout SSE daemon.
-// An ES module with no build step and no dependencies; the daemon serves it at /fanout.js.
+// An ES module with no build step and no dependencies; the daemon serves it at /fanout.js,
+// and js/ in the repository packs this same file as the npm package fanout-client
+// (types in js/fanout.d.ts: keep them in step with what this file accepts).
 //
 //   import { connect } from "/fanout.js";
 //   const client = connect("/events", { topics: ["orders", "progress:job-42"] });
@@ -204,7 +206,10 @@ export class FanoutClient {
   // -- internals ---------------------------------------------------------------
 
   _streamUrl(withIdParam) {
-    const url = new URL(this.url, document.baseURI);
+    // Outside a page (Node, server-side rendering, tests) there is no document:
+    // the url must then be absolute.
+    const base = typeof document === "undefined" ? undefined : document.baseURI;
+    const url = new URL(this.url, base);
     for (const t of this.topics) url.searchParams.append("topic", t);
     if (withIdParam && this.lastEventId) url.searchParams.set("lastEventId", this.lastEventId);
     return url.toString();
