@@ -21,7 +21,7 @@ import h11
 from . import sse
 from .hub import Backfill, Hub, Refusal, Subscriber
 from .pages import Pages
-from .subscribe import Identity, Page, Reject, Subscribe, parse, response
+from .subscribe import Answer, Identity, Page, Reject, Subscribe, parse, response, stream_head
 from .wheel import Timer, Wheel
 
 log = logging.getLogger("fanout.subscriber")
@@ -219,6 +219,11 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         if isinstance(result, Page):
             self._answer_page(result)
             return
+        if isinstance(result, Answer):  # a CORS preflight
+            assert self._transport is not None
+            self._transport.write(response(result.status, "", result.headers))
+            self._close_quietly()
+            return
         transport = self._transport
         assert transport is not None
         hub = shared.hub
@@ -258,8 +263,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         assert transport is not None
         hub = shared.hub
         opening = hub.open(sub, request.last_event_id, backfill)
-        head = sse.STREAM_HEAD_CHUNKED if request.chunked else sse.STREAM_HEAD_RAW
-        transport.write(head + opening)
+        transport.write(stream_head(request) + opening)
         self._sub = sub
         self._parser = None
         self._set_state(State.STREAMING)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, logs, systemd
+from .access import Policy
 from .config import Config, ConfigError, load, parse_tcp
 from .control import Backend, ControlApi, ControlProtocol
 from .demo import start_demo
@@ -24,7 +25,6 @@ from .hub import Hub
 from .ids import new_epoch
 from .protocol import Shared, SubscriberProtocol, TimerTarget
 from .reload import plan as plan_reload
-from .subscribe import Identity
 from .wheel import Wheel
 
 if TYPE_CHECKING:
@@ -198,10 +198,10 @@ class Server:
                 self.hub, self.backplane, lambda: self.config.limits
             )
             backend = BackplaneBackend(self.hub, self.backplane)
-        auth = config.auth
-        header = auth.header.lower().encode() if auth.mode == "header" else None
+        # Read the key files (checked at load); `self.access.keys.reload()` re-reads them.
+        access = self.access = Policy.from_config(config)
         for listener in config.listener:
-            identity = Identity(header, listener.trusted, auth.allow_anonymous)
+            identity = access.for_listener(listener.trusted)
             factory = functools.partial(SubscriberProtocol, self.shared, identity)
             if listener.tcp:
                 await self._listen_tcp(listener.tcp, factory)

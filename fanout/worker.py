@@ -17,12 +17,12 @@ import socket
 from typing import Any, cast
 
 from . import link, logs
+from .access import Policy
 from .config import parse_tcp
 from .hub import Refusal, Route, Subscriber
 from .protocol import SubscriberProtocol
 from .server import Server, StartupError
 from .sse import Frame
-from .subscribe import Identity
 
 log = logging.getLogger("fanout.worker")
 
@@ -129,11 +129,11 @@ class WorkerServer(Server):
 
     async def start(self) -> None:
         config = self.config
-        auth = config.auth
-        header = auth.header.lower().encode() if auth.mode == "header" else None
+        # Read the key files (checked at load); `self.access.keys.reload()` re-reads them.
+        access = self.access = Policy.from_config(config)
         hello = self._hello
         for listener, tcp, fd in zip(config.listener, hello.tcp, hello.unix_fds, strict=True):
-            identity = Identity(header, listener.trusted, auth.allow_anonymous)
+            identity = access.for_listener(listener.trusted)
             factory = functools.partial(SubscriberProtocol, self.shared, identity)
             if tcp is not None:
                 host, port = parse_tcp(tcp)
