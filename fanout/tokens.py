@@ -206,7 +206,7 @@ class KeySet:
             found = list(self._unnamed)
         found = [k for k in found if k.algorithm == algorithm]
         if not found:
-            raise TokenError(f"algorithm {str(algorithm)[:16]!r} is not accepted")
+            raise TokenError("algorithm not accepted")
         return found
 
 

@@ -6,8 +6,8 @@ import h11
 import orjson
 import pytest
 
-from fanout.pages import Pages
 from fanout.access import Policy
+from fanout.pages import Pages
 from fanout.subscribe import Page, Reject, Subscribe, parse
 
 ANON = Policy().for_listener(trusted=False)
