@@ -235,7 +235,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
             return
         refusal = hub.refusal(result.user)
         if refusal is not None:
-            self._refuse(refusal.status, refusal.reason, refusal.headers)
+            self._refuse(refusal.status, refusal.reason, refusal.headers + result.headers)
             return
         sub = hub.new_subscriber(transport, result.chunked, result.user, result.topics)
         self._stream(result, sub)
@@ -251,7 +251,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
                 self._shared.gatekeeper.closed(sub)
             return
         if refusal is not None:
-            self._refuse(refusal.status, refusal.reason, refusal.headers)
+            self._refuse(refusal.status, refusal.reason, refusal.headers + request.headers)
             return
         self._stream(request, sub, backfill)
 

@@ -291,3 +291,29 @@ async def test_cors_preflight_and_stream_headers(
     assert isinstance(evil, Response)
     assert evil.status == 403
     assert "access-control-allow-origin" not in evil.headers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_limit_refusal_carries_the_cors_headers(
+    start_daemon: Callable[..., Daemon], short_tmp: Path, workers: int
+) -> None:
+    # fetch mode on another origin reads Retry-After on a 429 only with these headers.
+    keys = Keys(short_tmp)
+    daemon = start_daemon(
+        {
+            **jwt_config(keys),
+            "workers": workers,
+            "limits": {"max_connections_per_user": 1},
+            "cors": {"allow_origins": [APP]},
+        }
+    )
+    headers = {"Origin": APP, "Authorization": f"Bearer {keys.hs.token(grants('t'))}"}
+    first = await subscribe(daemon.host, daemon.port, "/events?topic=t", headers=headers)
+    daemon.wait_connections(1)
+    over = await get(daemon, "/events?topic=t", headers)
+    assert isinstance(over, Response)
+    assert over.status == 429
+    assert over.headers["retry-after"] == "5"
+    assert over.headers["access-control-allow-origin"] == APP
+    assert over.headers["access-control-expose-headers"] == "Retry-After"
+    await first.aclose()
