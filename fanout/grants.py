@@ -6,7 +6,9 @@ A grant is a pattern over topic names (fanout/names.py's alphabet):
   alike (as fnmatch's `*`): `user:alice:*` matches `user:alice:` and `user:alice:a:b`;
 - `{user}` stands for the connection's own user id, substituted literally: a user id
   with `*` in it matches a literal `*` (which no topic has), never "anything"; an
-  anonymous connection has no user, so a pattern naming `{user}` grants it nothing;
+  anonymous connection has no user, so a pattern naming `{user}` grants it nothing,
+  and a user id with characters that topics cannot have (a space, say) matches no
+  topic through `{user}`;
 - every other character is itself. fnmatch's `?` and `[...]` are not part of the
   syntax (they are not topic characters): a pattern with them, or with any other
   character outside the topic alphabet, is refused where it is read.

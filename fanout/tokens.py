@@ -197,15 +197,14 @@ class KeySet:
         """The keys a token with this (unverified) header may have been signed with."""
         algorithm = header.get("alg")
         kid = header.get("kid")
-        if kid is not None:
-            key = self._by_kid.get(kid) if isinstance(kid, str) else None
-            if key is None:
-                # Names no key we have: an old key rotated out, or another issuer's.
-                raise TokenError("unknown key id")
-            found = [key]
-        else:
-            found = list(self._unnamed)
+        named = self._by_kid.get(kid) if isinstance(kid, str) else None
+        # No kid, or one we do not know, is tried on the keys without ids: many
+        # issuers always set a kid, which a PEM file or a secret cannot carry.
+        found = [named] if named is not None else list(self._unnamed)
         found = [k for k in found if k.algorithm == algorithm]
+        if not found and kid is not None and named is None:
+            # Names no key we have: an old key rotated out, or another issuer's.
+            raise TokenError("unknown key id")
         if not found:
             raise TokenError("algorithm not accepted")
         return found

@@ -279,3 +279,13 @@ def test_bad_jwks_files(tmp_path: Path) -> None:
         path.write_text(json.dumps(document))
         with pytest.raises(KeyFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
             KeySet(KeySources(jwks_file=str(path)))
+
+
+def test_a_kid_is_matched_to_unnamed_keys_when_the_key_set_has_no_ids(tmp_path: Path) -> None:
+    # Issuers that always set a kid, verified with a plain PEM file.
+    signer = Signer.new("RS256")
+    keys = keyset_for(tmp_path, signer)
+    issued = Signer(signer.algorithm, signer.private, signer.public, kid="issuer-key-7")
+    assert Verifier(keys).verify(issued.token()).user == "alice"
+    other = Signer.new("RS256", kid="issuer-key-7")
+    assert refusal(Verifier(keys), other.token()).reason == "bad signature"
