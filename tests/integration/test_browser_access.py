@@ -24,6 +24,8 @@ from tests.jwt_keys import Signer, grants
 
 pytestmark = pytest.mark.integration
 
+CLIENT = Path(__file__).resolve().parents[2] / "fanout" / "static" / "fanout.js"
+
 PAGE = b"""<!doctype html>
 <meta charset="utf-8">
 <title>another origin</title>
@@ -48,11 +50,16 @@ class PageServer:
     def __init__(self) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                # The app's own copy of fanout.js, as a bundler would ship it.
+                if self.path == "/fanout.js":
+                    body, kind = CLIENT.read_bytes(), "text/javascript"
+                else:
+                    body, kind = PAGE, "text/html; charset=utf-8"
                 self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(PAGE)))
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(PAGE)
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -158,3 +165,51 @@ def test_cross_origin_event_source_with_a_cookie_token(
         "a live event after the refusals",
     )
     driver.execute_script("for (const s of Object.values(window.streams)) s.source.close();")
+
+
+def test_cross_origin_fetch_mode_with_a_bearer_token_passes_the_preflight(
+    start_daemon: Callable[..., Daemon],
+    driver: Driver,
+    page_server: PageServer,
+    short_tmp: Path,
+) -> None:
+    # Authorization is not a CORS-safelisted header: Chromium sends an OPTIONS
+    # preflight first, and streams only if the daemon's answer allows it.
+    page_origin = f"http://127.0.0.1:{page_server.port}"
+    signer = Signer.new("RS256")
+    daemon = start_daemon(
+        {
+            "auth": {
+                "mode": "jwt",
+                "allow_anonymous": False,
+                "jwt": {"public_key_files": [str(signer.write(short_tmp / "rs.pem"))]},
+            },
+            "cors": {"allow_origins": [page_origin]},
+        }
+    )
+    driver.get(f"{page_origin}/")
+    driver.execute_async_script(
+        """
+        const [url, token, done] = arguments;
+        import("/fanout.js").then(({ connect }) => {
+          const got = (window.got = []);
+          window.client = connect(url, {
+            mode: "fetch", token: () => token, topics: ["orders"], initialDelayMs: 100,
+          });
+          client.on("connected", (d) => got.push(["connected", d.user]));
+          client.on("message", (d) => got.push(["message", d]));
+          done();
+        });
+        """,
+        f"http://127.0.0.1:{daemon.port}/events",
+        signer.token(grants("orders"), sub="dana"),
+    )
+
+    def got(d: Driver) -> list[list[Any]]:
+        items: list[list[Any]] = d.execute_script("return window.got")
+        return items
+
+    wait(driver, lambda d: ["connected", "dana"] in got(d), "the fetch stream to connect")
+    daemon.publish("orders", {"n": 1})
+    wait(driver, lambda d: ["message", {"n": 1}] in got(d), "the event")
+    driver.execute_script("client.close()")
