@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fanout import config
 from fanout.access import Access, Policy
@@ -315,3 +318,44 @@ def test_preflight_through_parse(tmp_path: Path) -> None:
     plain = parse(request("/events", method="OPTIONS"), access, 32)
     assert isinstance(plain, Reject)
     assert plain.status == 405
+
+
+@pytest.fixture(scope="module")
+def fuzz_policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    # One key set for every example (hypothesis reruns the body many times).
+    where = tmp_path_factory.mktemp("fuzz")
+    return policy(where, jwt={"cookie": "tok", "query_token": True})[0]
+
+
+_HEADER_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"),
+    max_size=300,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    authorization=_HEADER_TEXT,
+    cookie=_HEADER_TEXT,
+    query=st.text(max_size=200),
+    origin=_HEADER_TEXT,
+)
+def test_arbitrary_credentials_never_raise(
+    fuzz_policy: Policy, authorization: str, cookie: str, query: str, origin: str
+) -> None:
+    access = fuzz_policy.for_listener(trusted=True)
+    headers = [
+        (b"Host", b"x"),
+        (b"Authorization", authorization.strip().encode("latin-1")),
+        (b"Cookie", cookie.strip().encode("latin-1")),
+        (b"Origin", origin.strip().encode("latin-1")),
+        (b"X-Fanout-User", b"x"),
+    ]
+    target = "/events?topic=t&token=" + quote(query)
+    for method in ("GET", "OPTIONS"):
+        got = parse(h11.Request(method=method, target=target, headers=headers), access, 32)
+        assert isinstance(got, Reject | Answer | Subscribe)
+        if isinstance(got, Reject):
+            assert 400 <= got.status < 500
+            raw = response(got.status, got.reason, got.headers)
+            assert raw.count(b"\r\n\r\n") == 1  # nothing from the input splits the head
