@@ -10,6 +10,7 @@ import h11
 
 from . import sse
 from .access import Access, Denied
+from .cors import Headers
 from .grants import Grants
 from .names import is_topic
 
@@ -76,37 +77,30 @@ def _header(request: h11.Request, name: bytes) -> str | None:
     return None
 
 
-def parse(
-    request: h11.Request, identity: Access, max_topics: int
-) -> Subscribe | Page | Answer | Reject:
-    try:
-        target = urlsplit(request.target.decode("ascii", "replace"))
-    except ValueError:
-        return Reject(400, "malformed request target")
-    path = unquote(target.path)
-    if path in PAGE_PATHS:
-        method = request.method.decode("ascii", "replace")
-        return Page(method, path, target.query, _header(request, b"if-none-match"))
-    if path == EVENTS_PATH and request.method == b"OPTIONS":
-        preflight = identity.preflight(
-            _header(request, b"origin"), _header(request, b"access-control-request-method")
-        )
-        if preflight is not None and preflight.status == 204:
-            return Answer(204, preflight.headers)
-        if preflight is not None:
-            return Reject(preflight.status, preflight.reason, preflight.headers)
-    if request.method != b"GET":
-        return Reject(405, "only GET is allowed here", (("Allow", "GET"),))
-    if path != EVENTS_PATH:
-        return Reject(404, f"no such path: {target.path} (subscribe at {EVENTS_PATH})")
-    cors = identity.cors_headers(_header(request, b"origin"))
-    if cors is None:
-        return Reject(403, "origin not allowed", (("Vary", "Origin"),))
+def _preflight(request: h11.Request, identity: Access) -> Answer | Reject | None:
+    preflight = identity.preflight(
+        _header(request, b"origin"), _header(request, b"access-control-request-method")
+    )
+    if preflight is None:
+        return None  # not a CORS preflight (or CORS is off): an OPTIONS like any other
+    if preflight.status == 204:
+        return Answer(204, preflight.headers)
+    return Reject(preflight.status, preflight.reason, preflight.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    topics: frozenset[str]
+    last_event_id: str | None
+    tokens: tuple[str, ...]
+
+
+def _query(query_string: str, max_topics: int, cors: Headers) -> _Query | Reject:
     topics: list[str] = []
     tokens: list[str] = []
     last_event_id = None
     try:
-        query = parse_qsl(target.query, keep_blank_values=True, errors="strict")
+        query = parse_qsl(query_string, keep_blank_values=True, errors="strict")
     except (ValueError, UnicodeDecodeError):
         return Reject(400, "malformed query string", cors)
     for key, value in query:
@@ -121,21 +115,46 @@ def parse(
             tokens.append(value)
     if len(set(topics)) > max_topics:
         return Reject(400, f"too many topics (at most {max_topics})", cors)
-    header_id = _header(request, b"last-event-id")
-    if header_id:
-        last_event_id = header_id
+    return _Query(frozenset(topics), last_event_id, tuple(tokens))
+
+
+def parse(
+    request: h11.Request, identity: Access, max_topics: int
+) -> Subscribe | Page | Answer | Reject:
+    try:
+        target = urlsplit(request.target.decode("ascii", "replace"))
+    except ValueError:
+        return Reject(400, "malformed request target")
+    path = unquote(target.path)
+    if path in PAGE_PATHS:
+        method = request.method.decode("ascii", "replace")
+        return Page(method, path, target.query, _header(request, b"if-none-match"))
+    if path == EVENTS_PATH and request.method == b"OPTIONS":
+        preflight = _preflight(request, identity)
+        if preflight is not None:
+            return preflight
+    if request.method != b"GET":
+        return Reject(405, "only GET is allowed here", (("Allow", "GET"),))
+    if path != EVENTS_PATH:
+        return Reject(404, f"no such path: {target.path} (subscribe at {EVENTS_PATH})")
+    cors = identity.cors_headers(_header(request, b"origin"))
+    if cors is None:
+        return Reject(403, "origin not allowed", (("Vary", "Origin"),))
+    query = _query(target.query, max_topics, cors)
+    if isinstance(query, Reject):
+        return query
+    last_event_id = _header(request, b"last-event-id") or query.last_event_id
     if last_event_id is not None and len(last_event_id) > MAX_ID_LENGTH:
         last_event_id = last_event_id[:MAX_ID_LENGTH]
-    admitted = identity.identify(request.headers, tokens)
+    admitted = identity.identify(request.headers, query.tokens)
     if isinstance(admitted, Denied):
         return Reject(admitted.status, admitted.reason, cors + admitted.headers)
-    wanted = frozenset(topics)
-    denied = identity.check_topics(admitted, wanted)
+    denied = identity.check_topics(admitted, query.topics)
     if denied is not None:
         return Reject(denied.status, denied.reason, cors + denied.headers)
     chunked = request.http_version == b"1.1"
     return Subscribe(
-        wanted,
+        query.topics,
         last_event_id,
         admitted.user,
         chunked,
