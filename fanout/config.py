@@ -9,11 +9,15 @@ the file name so a bad config is one readable line.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+from . import grants, tokens
+from .cors import check_origin
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
@@ -47,12 +51,57 @@ class Control(Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
 
 
+class Jwt(Struct, frozen=True, forbid_unknown_fields=True):
+    """[auth.jwt]: how signed tokens are checked (auth.mode = "jwt")."""
+
+    # Keys, at least one of the three. A secret file is HS256 (32 bytes or more);
+    # each PEM public key is RS256, ES256 (P-256) or EdDSA (Ed25519) by its type; a
+    # JWKS file holds keys with ids (`kid`), which tokens name. All are re-read
+    # together on reload; relative paths are from the daemon's working directory.
+    secret_file: str = ""
+    public_key_files: list[str] = msgspec.field(default_factory=list)
+    jwks_file: str = ""
+    # When set, tokens must carry this `aud` / `iss`.
+    audience: str = ""
+    issuer: str = ""
+    # Clock skew tolerated on exp, nbf and iat.
+    leeway_s: Annotated[float, Meta(ge=0, le=300)] = 30.0
+    # Where a token may come from besides `Authorization: Bearer`: a cookie (how a
+    # plain EventSource carries credentials), and, only when enabled, `?token=`
+    # (which ends up in every access log on the way: prefer the cookie).
+    cookie: str = ""
+    query_token: bool = False
+    # The claim holding {"subscribe": [patterns], "info": {public fields}}.
+    grants_claim: str = "fanout"
+
+
 class Auth(Struct, frozen=True, forbid_unknown_fields=True):
     # "none": every connection is anonymous. "header": the user is the value of
-    # `header`, honoured only on trusted listeners.
-    mode: Literal["none", "header"] = "none"
+    # `header`, honoured only on trusted listeners. "jwt": a signed token ([auth.jwt]).
+    mode: Literal["none", "header", "jwt"] = "none"
     header: str = "X-Fanout-User"
+    # mode "header": a second header the trusted proxy sets next to the user, with
+    # grant patterns separated by commas or spaces. Empty: not read.
+    grants_header: str = ""
     allow_anonymous: bool = True
+    # Patterns every connection may subscribe to (see fanout/grants.py): `*` is any
+    # run of topic characters, `{user}` the connection's own user. Unset: ["*"]
+    # (every topic, as before grants existed) in modes "none" and "header", [] in
+    # mode "jwt" (only what the token grants).
+    grants: list[str] | None = None
+    jwt: Jwt = msgspec.field(default_factory=Jwt)
+
+
+class Cors(Struct, frozen=True, forbid_unknown_fields=True):
+    """Pages on other origins reading /events (EventSource withCredentials, fetch)."""
+
+    # Exact origins ("https://app.example.com"); "*" for any, but never with
+    # credentials. Empty: no CORS headers (same-origin pages only).
+    allow_origins: list[str] = msgspec.field(default_factory=list)
+    # Lets the page send its cookies (the token cookie) and read the stream.
+    allow_credentials: bool = False
+    # How long a browser may cache a preflight answer.
+    max_age_s: Annotated[int, Meta(ge=0, le=86_400)] = 600
 
 
 class Limits(Struct, frozen=True, forbid_unknown_fields=True):
@@ -159,6 +208,7 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True):
     listener: list[Listener] = msgspec.field(default_factory=_default_listeners)
     control: Control = msgspec.field(default_factory=Control)
     auth: Auth = msgspec.field(default_factory=Auth)
+    cors: Cors = msgspec.field(default_factory=Cors)
     limits: Limits = msgspec.field(default_factory=Limits)
     stream: Stream = msgspec.field(default_factory=Stream)
     replay: Replay = msgspec.field(default_factory=Replay)
@@ -209,6 +259,7 @@ def _check(config: Config) -> None:
             raise ValueError(
                 'auth.mode = "header" needs a listener with trusted = true - at `$.listener`'
             )
+    _check_access(config)
     if config.backplane.redis and not config.backplane.redis.startswith(
         ("redis://", "rediss://", "unix://")
     ):
@@ -216,6 +267,60 @@ def _check(config: Config) -> None:
     if config.auth.mode == "none" and not config.auth.allow_anonymous:
         raise ValueError(
             'auth.mode = "none" makes every connection anonymous - at `$.auth.allow_anonymous`'
+        )
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
+
+
+def _check_access(config: Config) -> None:
+    auth, jwt = config.auth, config.auth.jwt
+    for key, name in (("header", auth.header), ("grants_header", auth.grants_header)):
+        if name and not _HEADER_NAME.match(name):
+            raise ValueError(f"not a valid header name: {name!r} - at `$.auth.{key}`")
+    if auth.grants_header and auth.mode != "header":
+        raise ValueError(
+            'the grants header is only read in auth.mode = "header" - at `$.auth.grants_header`'
+        )
+    if auth.grants_header and auth.grants_header.lower() == auth.header.lower():
+        raise ValueError("must differ from `header` - at `$.auth.grants_header`")
+    for i, pattern in enumerate(auth.grants or ()):
+        try:
+            grants.check(pattern)
+        except grants.PatternError as exc:
+            raise ValueError(f"{exc} - at `$.auth.grants[{i}]`") from None
+        if auth.mode == "none" and grants.USER in pattern:
+            raise ValueError(
+                'auth.mode = "none" has no users, so {user} never matches'
+                f" - at `$.auth.grants[{i}]`"
+            )
+    if auth.mode == "jwt":
+        if not (jwt.secret_file or jwt.public_key_files or jwt.jwks_file):
+            raise ValueError(
+                'auth.mode = "jwt" needs secret_file, public_key_files or jwks_file'
+                " - at `$.auth.jwt`"
+            )
+        if not jwt.grants_claim:
+            raise ValueError("a claim name is required - at `$.auth.jwt.grants_claim`")
+        if jwt.cookie and not _HEADER_NAME.match(jwt.cookie):
+            raise ValueError(f"not a valid cookie name: {jwt.cookie!r} - at `$.auth.jwt.cookie`")
+        # Read now, so that check-config and the supervisor refuse an unusable key
+        # before any worker starts; the daemon reads the files again to use them.
+        try:
+            tokens.KeySet(tokens.key_sources(jwt.secret_file, jwt.public_key_files, jwt.jwks_file))
+        except tokens.KeyFileError as exc:
+            raise ValueError(f"{exc} - at `$.auth.jwt`") from None
+    elif jwt != Jwt():
+        raise ValueError('[auth.jwt] is only read in auth.mode = "jwt" - at `$.auth.jwt`')
+    for i, origin in enumerate(config.cors.allow_origins):
+        try:
+            check_origin(origin)
+        except ValueError as exc:
+            raise ValueError(f"{exc} - at `$.cors.allow_origins[{i}]`") from None
+    if config.cors.allow_credentials and "*" in config.cors.allow_origins:
+        raise ValueError(
+            'allow_origins = ["*"] cannot be combined with credentials: list the origins'
+            " - at `$.cors.allow_credentials`"
         )
 
 

@@ -25,7 +25,7 @@ from .gates import Gate
 from .hub import Subscriber
 from .opening import Backfill
 from .pages import Pages
-from .subscribe import Identity, Page, Reject, Subscribe, parse, response
+from .subscribe import Answer, Identity, Page, Reject, Subscribe, parse, response, stream_head
 from .wheel import Timer, Wheel
 
 log = logging.getLogger("fanout.subscriber")
@@ -212,6 +212,11 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         if isinstance(result, Page):
             self._answer_page(result)
             return
+        if isinstance(result, Answer):  # a CORS preflight
+            assert self._transport is not None
+            self._transport.write(response(result.status, "", result.headers))
+            self._close_quietly()
+            return
         transport = self._transport
         assert transport is not None
         self._set_state(State.ADMITTING)
@@ -232,7 +237,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
                 self._shared.gate.closed(sub)
             return
         if refusal is not None:
-            self._refuse(refusal.status, refusal.reason, refusal.headers)
+            self._refuse(refusal.status, refusal.reason, refusal.headers + request.headers)
             return
         self._stream(request, sub, backfill)
 
@@ -243,8 +248,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         transport = self._transport
         assert transport is not None
         opening = shared.core.open(sub, request.last_event_id, backfill)
-        head = sse.STREAM_HEAD_CHUNKED if request.chunked else sse.STREAM_HEAD_RAW
-        transport.write(head + opening)
+        transport.write(stream_head(request) + opening)
         self._sub = sub
         self._parser = None
         self._set_state(State.STREAMING)

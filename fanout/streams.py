@@ -9,12 +9,13 @@ import logging
 import socket
 from collections.abc import Callable
 
+from .access import Policy
 from .config import Config, Listener
 from .core import Core
 from .daemon import Daemon
 from .gates import Gate
 from .protocol import Shared, SubscriberProtocol, TimerTarget
-from .subscribe import Identity
+from .tokens import KeyFileError
 from .wheel import Wheel
 
 log = logging.getLogger("fanout.server")
@@ -46,12 +47,12 @@ class Streams:
         )
         self._next_expire = 0.0
         self._tick_handle: asyncio.Handle | None = None
+        # [auth] and [cors]; the key files were checked when the config was loaded.
+        self.access = Policy.from_config(config)
         daemon.on_reload(self.apply)
 
     def factory(self, listener: Listener) -> Callable[[], SubscriberProtocol]:
-        auth = self._daemon.config.auth
-        header = auth.header.lower().encode() if auth.mode == "header" else None
-        identity = Identity(header, listener.trusted, auth.allow_anonymous)
+        identity = self.access.for_listener(listener.trusted)
         return functools.partial(SubscriberProtocol, self.shared, identity)
 
     async def listen(self) -> None:
@@ -103,6 +104,14 @@ class Streams:
         shared.header_timeout_s = limits.header_timeout_s
         shared.max_topics = limits.max_topics_per_connection
         shared.heartbeat_interval_s = config.stream.heartbeat_interval_s
+        keys = self.access.keys
+        if keys is not None:
+            # Every SIGHUP re-reads the key files (a rotated JWKS), all or nothing.
+            try:
+                keys.reload()
+                log.info("reloaded the token keys")
+            except KeyFileError as exc:
+                log.error("token keys not reloaded, keeping the old ones: %s", exc)
 
     async def drain(self, timeout_s: float, force: asyncio.Event) -> None:
         """Stop accepting, end every stream, wait for the sockets to go (bounded)."""

@@ -38,6 +38,8 @@ pytestmark = [
 ]
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob", "tok-carol": "carol"}
+# What the app grants each user, in X-Fanout-Grants (read when grants_header is set).
+GRANTS = {"alice": "t, orders", "bob": "t"}
 READ_TIMEOUT = "1s"  # nginx cuts an upstream silent for longer than this
 HEARTBEAT_S = 0.2
 
@@ -65,7 +67,7 @@ class AuthHandler(BaseHTTPRequestHandler):
         if user is None:
             self._answer(401)
         else:
-            self._answer(204, ("X-Fanout-User", user))
+            self._answer(204, ("X-Fanout-User", user), ("X-Fanout-Grants", GRANTS.get(user, "")))
 
     def _answer(self, status: int, *headers: tuple[str, str]) -> None:
         self.send_response(status)
@@ -355,6 +357,28 @@ async def test_auth_request_sets_the_user(behind_nginx):
     assert " INFO " in refusals[0]
     assert "429 too many connections for this user" in refusals[0]
     for client in (alice, bearer, carol):
+        client.close()
+
+
+async def test_auth_request_grants_the_topics(behind_nginx):
+    # The production example's settings: nothing public but the user's own topics.
+    stack = behind_nginx(
+        {"auth": {"grants_header": "X-Fanout-Grants", "grants": ["user:{user}:*"]}}
+    )
+    alice = await stack.stream("/events?topic=t&topic=orders&topic=user:alice:inbox")
+    assert (await alice.next()).json()["user"] == "alice"
+    stack.daemon.publish("orders", "o-1")
+    assert (await alice.next()).json() == "o-1"
+    refused = await stack.refused("/events?topic=orders", token="tok-bob")
+    assert refused.status == 403
+    assert refused.body == b"not allowed to subscribe to: orders\n"
+    # Grants the browser names itself are replaced by the app's (none, for carol).
+    spoof = {"X-Fanout-Grants": "*"}
+    spoofed = await stack.refused("/events?topic=t", token="tok-carol", headers=spoof)
+    assert spoofed.status == 403
+    carol = await stack.stream("/events?topic=user:carol:x", token="tok-carol", headers=spoof)
+    assert (await carol.next()).json()["user"] == "carol"
+    for client in (alice, carol):
         client.close()
 
 

@@ -76,3 +76,55 @@ def test_missing_file(tmp_path):
 )
 def test_parse_tcp(text, expected):
     assert config.parse_tcp(text) == expected
+
+
+def test_shipped_config_has_the_access_defaults():
+    loaded = config.load(ROOT / "config.toml")
+    assert loaded.auth == config.Auth()
+    assert loaded.cors == config.Cors()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ('[auth]\nmode = "jwt"\n', "$.auth.jwt", "needs secret_file"),
+        ('[auth]\ngrants = ["a b"]\n', "$.auth.grants[0]", "invalid grant"),
+        ('[auth]\ngrants = ["ok", "t?"]\n', "$.auth.grants[1]", "invalid grant"),
+        ('[auth]\ngrants = ["user:{user}:*"]\n', "$.auth.grants[0]", "{user} never matches"),
+        ('[auth]\ngrants_header = "X-G"\n', "$.auth.grants_header", "only read in"),
+        ('[auth]\nheader = "X Fanout"\n', "$.auth.header", "not a valid header name"),
+        ('[auth.jwt]\ncookie = "t"\n', "$.auth.jwt", 'only read in auth.mode = "jwt"'),
+        (
+            '[auth]\nmode = "jwt"\n[auth.jwt]\nsecret_file = "/nonexistent/s"\n',
+            "$.auth.jwt",
+            "/nonexistent/s: cannot read",
+        ),
+        ('[cors]\nallow_origins = ["https://a.example/"]\n', "$.cors.allow_origins[0]", "no path"),
+        ('[cors]\nallow_origins = ["null"]\n', "$.cors.allow_origins[0]", "sandboxed"),
+        (
+            '[cors]\nallow_origins = ["*"]\nallow_credentials = true\n',
+            "$.cors.allow_credentials",
+            "cannot be combined with credentials",
+        ),
+    ],
+)
+def test_access_settings_are_checked(tmp_path, text, key, words):
+    msg = _error(tmp_path, text)
+    assert f"`{key}`" in msg
+    assert words in msg
+
+
+def test_jwt_key_problems_are_found_at_load(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("too short\n")
+    text = f'[auth]\nmode = "jwt"\n[auth.jwt]\nsecret_file = "{secret}"\n'
+    assert "needs at least 32 bytes" in _error(tmp_path, text)
+    secret.write_text("x" * 40)
+    loaded = config.load(_write(tmp_path, text))
+    assert loaded.auth.mode == "jwt"
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "ok.toml"
+    path.write_text(text)
+    return path

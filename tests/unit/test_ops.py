@@ -5,12 +5,13 @@ from __future__ import annotations
 import h11
 import pytest
 
+from fanout.access import Policy
 from fanout.config import Ops, from_mapping
 from fanout.ops import OPS_EVENT, OPS_TOPIC
 from fanout.pages import Pages
-from fanout.subscribe import Identity, Page, parse
+from fanout.subscribe import Page, parse
 
-ANON = Identity(None, False, True)
+ANON = Policy().for_listener(trusted=False)
 
 
 def answer(pages: Pages, method: str = "GET") -> tuple[int, bytes, bytes]:

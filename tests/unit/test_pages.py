@@ -6,10 +6,11 @@ import h11
 import orjson
 import pytest
 
+from fanout.access import Policy
 from fanout.pages import Pages
-from fanout.subscribe import Identity, Page, Reject, Subscribe, parse
+from fanout.subscribe import Page, Reject, Subscribe, parse
 
-ANON = Identity(None, False, True)
+ANON = Policy().for_listener(trusted=False)
 
 
 def request(method: str, target: str, *headers: tuple[str, str]) -> h11.Request:

@@ -1,11 +1,12 @@
 import h11
 import pytest
 
-from fanout.subscribe import Identity, Reject, Subscribe, parse, response
+from fanout.access import Policy
+from fanout.subscribe import Reject, Subscribe, parse, response
 
-ANON = Identity(header=None, trusted=False, allow_anonymous=True)
-TRUSTED = Identity(header=b"x-fanout-user", trusted=True, allow_anonymous=False)
-UNTRUSTED = Identity(header=b"x-fanout-user", trusted=False, allow_anonymous=True)
+ANON = Policy().for_listener(trusted=False)
+TRUSTED = Policy(mode="header", allow_anonymous=False).for_listener(trusted=True)
+UNTRUSTED = Policy(mode="header").for_listener(trusted=False)
 
 
 def read(raw: bytes) -> h11.Request:
