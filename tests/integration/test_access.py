@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -317,3 +318,29 @@ async def test_a_limit_refusal_carries_the_cors_headers(
     assert over.headers["access-control-allow-origin"] == APP
     assert over.headers["access-control-expose-headers"] == "Retry-After"
     await first.aclose()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_key_rotated_in_the_jwks_file_applies_on_sighup(
+    start_daemon: Callable[..., Daemon], short_tmp: Path, workers: int
+) -> None:
+    old, new = Signer.new("EdDSA", kid="old"), Signer.new("ES256", kid="new")
+    jwks = write_jwks(short_tmp / "keys.json", old)
+    config = {
+        "workers": workers,
+        "auth": {"mode": "jwt", "allow_anonymous": False, "jwt": {"jwks_file": str(jwks)}},
+    }
+    daemon = start_daemon(config)
+    headers = {"Authorization": f"Bearer {new.token(grants('t'))}"}
+    refused = await get(daemon, "/events?topic=t", headers)
+    assert isinstance(refused, Response)
+    assert refused.status == 401
+    write_jwks(jwks, old, new)
+    daemon.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: daemon.log.count("reloaded the token keys") >= workers, 10, "the keys to reload"
+    )
+    stream = await get(daemon, "/events?topic=t", headers)
+    assert not isinstance(stream, Response), "the rotated key is not in force"
+    assert (await stream.next()).event == "connected"
+    await stream.aclose()
