@@ -121,6 +121,12 @@ class Limits(Struct, frozen=True, forbid_unknown_fields=True):
     # 8 KiB, as nginx's large_client_header_buffers default line size.
     max_header_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024)] = 8 * 1024
     header_timeout_s: Seconds = 10.0
+    # Per client address (IPv4, or IPv6 /ipv6_prefix_len), per process; 0 is off.
+    # Behind nginx on a Unix socket there is no address: use nginx's limit_conn.
+    max_connections_per_ip: Annotated[int, Meta(ge=0)] = 0
+    connects_per_ip_per_s: Annotated[float, Meta(ge=0)] = 0.0
+    connect_burst_per_ip: Annotated[int, Meta(ge=1, le=100_000)] = 20
+    ipv6_prefix_len: Annotated[int, Meta(ge=32, le=128)] = 64
 
 
 class Stream(Struct, frozen=True, forbid_unknown_fields=True):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -85,6 +86,50 @@ def reread_config(path: str | None, draining: bool) -> Config | None:
         log.error("reload failed, keeping the running settings: %s", exc)
         systemd.ready("reload failed")
         return None
+
+
+# Descriptors kept free of public connections: the control socket and its clients,
+# listeners, log files, a worker's link, Redis, the kernel's odds and ends. With
+# them free, a flood of public connections never locks the publishers out.
+RESERVED_FDS = 64
+
+
+def connection_budget(wanted: int) -> int:
+    """How many connections this process can hold with RESERVED_FDS left over,
+    raising the soft open-files limit towards the hard one if `wanted` needs it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(0, soft - RESERVED_FDS)
+
+
+def descriptor_cap(max_connections: int) -> int:
+    """How many connections a process holds at most, streams or not: the streams of
+    limits.max_connections plus headroom for requests being read and answers being
+    written (a sixteenth, at least 64), within what the open-files limit leaves after
+    RESERVED_FDS. Past it a connection is turned away at once (503)."""
+    wanted = max_connections + max(64, max_connections // 16)
+    return min(wanted, connection_budget(wanted))
+
+
+def check_open_files(max_connections: int, processes: int = 1) -> None:
+    """Refuse to start when the open-files limit cannot hold the configured cap."""
+    share = -(-max_connections // processes)
+    budget = connection_budget(share)
+    if budget < share:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        per = f" per worker ({processes} workers)" if processes > 1 else ""
+        raise StartupError(
+            f"limits.max_connections = {max_connections} needs {share + RESERVED_FDS} open "
+            f"files{per}, but the limit is {soft}: raise it (LimitNOFILE= in the systemd "
+            f"unit, ulimit -n) or lower limits.max_connections"
+        )
 
 
 class StopSignals:

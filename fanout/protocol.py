@@ -23,6 +23,7 @@ from .admission import Refusal
 from .core import Core
 from .gates import Gate
 from .hub import Subscriber
+from .ipguard import IpGuard
 from .opening import Backfill
 from .pages import Pages
 from .subscribe import Answer, Identity, Page, Reject, Subscribe, parse, response, stream_head
@@ -68,6 +69,11 @@ class Shared:
     # Every open connection, so a drain can close the ones still sending headers
     # and abort the ones that stopped reading; `all_closed` is set during a drain.
     connections: set[SubscriberProtocol]
+    # Every connection holding a descriptor counts against this (streams, pages,
+    # requests still being read): fanout.daemon.descriptor_cap.
+    max_open: int
+    ipguard: IpGuard
+    retry_after_s: int
     all_closed: asyncio.Event | None = None
     # /fanout.js and the demo: answered whole, then the connection closes.
     pages: Pages = field(default_factory=Pages)
@@ -83,6 +89,7 @@ class TimerTarget:
 class SubscriberProtocol(asyncio.Protocol, TimerTarget):
     __slots__ = (
         "_identity",
+        "_ip",
         "_parser",
         "_received",
         "_request",
@@ -107,6 +114,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         # would pass, so the bytes before the request completes are counted here.
         self._received = 0
         self._request: Subscribe | None = None  # while ADMITTING
+        self._ip: str | None = None  # counted by the IpGuard
 
     def _set_state(self, new: State) -> None:
         if new not in _TRANSITIONS[self._state]:
@@ -119,7 +127,20 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         shared = self._shared
+        full = len(shared.connections) >= shared.max_open
         shared.connections.add(self)
+        if full:
+            self._turn_away(503, "server full")
+            return
+        guard = shared.ipguard
+        if guard.enabled:
+            key = guard.key(transport.get_extra_info("peername"))
+            if key is not None:
+                refused = guard.admit(key)
+                if refused is not None:
+                    self._turn_away(429, refused)
+                    return
+                self._ip = key
         if shared.send_buffer_bytes:
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -142,7 +163,9 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
             if status == 431:
                 self._refuse(431, "request headers too large")
             else:
-                self._refuse(status, f"malformed request: {exc}")
+                # h11 hints 501 for a transfer coding it does not know: still the
+                # client's fault, and a 5xx would read as ours (and page someone).
+                self._refuse(status if status < 500 else 400, f"malformed request: {exc}")
             return
         if event is h11.NEED_DATA:
             return
@@ -157,6 +180,9 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
     def connection_lost(self, exc: Exception | None) -> None:
         shared = self._shared
         shared.connections.discard(self)
+        if self._ip is not None:
+            shared.ipguard.release(self._ip)
+            self._ip = None
         if not shared.connections and shared.all_closed is not None:
             shared.all_closed.set()
         if self._timer is not None:
@@ -177,6 +203,9 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
             self._shared.core.stats.timeouts += 1
             log.info("closed %s: headers not complete in time", self._peer())
             self._close_quietly()
+        elif self._state is State.MUST_CLOSE and self._transport is not None:
+            # An answer (a refusal, a page) its peer has not read in time: cut it.
+            self._transport.abort()
         elif self._state is State.STREAMING and self._sub is not None:
             if self._sub.active:
                 self._heartbeat(now, self._sub)
@@ -271,9 +300,25 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         self._transport.write(response(status, reason, headers))
         self._close_quietly()
 
+    def _turn_away(self, status: int, reason: str) -> None:
+        """Refused before reading anything (server full, this address over its share):
+        a short answer, counted, logged at debug only (a flood must not flood the log)."""
+        shared = self._shared
+        shared.core.stats.refused[status] += 1
+        log.debug("turned away %s: %d %s", self._peer(), status, reason)
+        headers = (("Retry-After", str(shared.retry_after_s)),)
+        assert self._transport is not None
+        self._transport.write(response(status, reason, headers))
+        self._close_quietly()
+
     def _close_quietly(self) -> None:
         self._set_state(State.MUST_CLOSE)
         self._parser = None
+        shared = self._shared
+        if self._timer is not None:
+            shared.wheel.cancel(self._timer)
+        # The answer gets one header timeout to be read, then the connection is cut.
+        self._timer = shared.wheel.schedule(shared.clock() + shared.header_timeout_s, self)
         if self._transport is not None:
             self._transport.close()
 

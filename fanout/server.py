@@ -11,7 +11,7 @@ from typing import Any
 from .config import Config, worker_count
 from .control import ControlApi, ControlProtocol
 from .core import Core
-from .daemon import Daemon, StartupError, run
+from .daemon import Daemon, StartupError, check_open_files, run
 from .demo import start_demo
 from .gates import Gate, LocalGate
 from .ids import new_epoch
@@ -88,6 +88,7 @@ class Server:
                 await self.backplane.start()
             except Unavailable as exc:
                 raise StartupError(str(exc)) from None
+        check_open_files(self.daemon.config.limits.max_connections)
         await self.streams.listen()
         config = self.daemon.config
         api = ControlApi(self.publishing, self.snapshot)

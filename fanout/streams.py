@@ -12,8 +12,9 @@ from collections.abc import Callable
 from .access import Policy
 from .config import Config, Listener
 from .core import Core
-from .daemon import Daemon
+from .daemon import Daemon, descriptor_cap
 from .gates import Gate
+from .ipguard import IpGuard
 from .protocol import Shared, SubscriberProtocol, TimerTarget
 from .tokens import KeyFileError
 from .wheel import Wheel
@@ -44,6 +45,15 @@ class Streams:
             max_topics=limits.max_topics_per_connection,
             send_buffer_bytes=limits.socket_send_buffer_bytes,
             connections=set(),
+            max_open=descriptor_cap(limits.max_connections),
+            ipguard=IpGuard(
+                limits.max_connections_per_ip,
+                limits.connects_per_ip_per_s,
+                limits.connect_burst_per_ip,
+                limits.ipv6_prefix_len,
+                self._loop.time,
+            ),
+            retry_after_s=limits.retry_after_s,
         )
         self._next_expire = 0.0
         self._tick_handle: asyncio.Handle | None = None
@@ -104,6 +114,12 @@ class Streams:
         shared.header_timeout_s = limits.header_timeout_s
         shared.max_topics = limits.max_topics_per_connection
         shared.heartbeat_interval_s = config.stream.heartbeat_interval_s
+        shared.max_open = descriptor_cap(limits.max_connections)
+        shared.retry_after_s = limits.retry_after_s
+        guard = shared.ipguard
+        guard.max_per_ip = limits.max_connections_per_ip
+        guard.rate = limits.connects_per_ip_per_s
+        guard.burst = limits.connect_burst_per_ip
         keys = self.access.keys
         if keys is not None:
             # Every SIGHUP re-reads the key files (a rotated JWKS), all or nothing.

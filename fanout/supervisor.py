@@ -29,7 +29,7 @@ from . import link
 from .admission import EVICTED, decide
 from .config import Config, worker_count
 from .control import ControlApi, ControlProtocol
-from .daemon import Daemon, StartupError
+from .daemon import Daemon, StartupError, check_open_files
 from .ids import Sequencer, new_epoch
 from .opening import covers
 from .publishing import Emit, Events, Publishing
@@ -138,6 +138,8 @@ class Supervisor:
                 await self.backplane.start()
             except Unavailable as exc:
                 raise StartupError(str(exc)) from None
+        # Each worker holds its share; they inherit the limit raised here.
+        check_open_files(self.daemon.config.limits.max_connections, self.count)
         for listener in self.daemon.config.listener:
             if listener.tcp:
                 self._tcp.append(self.daemon.reserve_tcp(listener.tcp))

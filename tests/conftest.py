@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -49,8 +50,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class Daemon:
     """A real `fanout serve` subprocess."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], nofile: int | None = None) -> None:
         self.workdir = workdir
+        self.nofile = nofile  # an open-files limit (soft and hard) for the daemon alone
         self.config = config
         self.config_path = workdir / "fanout.toml"
         self.config_path.write_text(tomli_w.dumps(config))
@@ -68,6 +70,7 @@ class Daemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            preexec_fn=self._limit if self.nofile else None,
         )
         log.close()
         stats = wait_for(self._ready, STARTUP_DEADLINE_S, f"daemon to start; log:\n{self.log}")
@@ -75,6 +78,10 @@ class Daemon:
         if tcp:
             self.port = int(tcp[0].rsplit(":", 1)[1])
         return self
+
+    def _limit(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _ready(self) -> dict[str, Any] | None:
         assert self.proc is not None
@@ -139,10 +146,10 @@ def start_daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
     counter = iter(range(1000))
 
-    def start(config: dict[str, Any] | None = None) -> Daemon:
+    def start(config: dict[str, Any] | None = None, nofile: int | None = None) -> Daemon:
         workdir = short_tmp / f"d{next(counter)}"
         workdir.mkdir()
-        daemon = Daemon(workdir, merge(base_config(workdir), config or {}))
+        daemon = Daemon(workdir, merge(base_config(workdir), config or {}), nofile)
         started.append(daemon)
         return daemon.start()
 
