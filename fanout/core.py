@@ -14,7 +14,7 @@ from . import sse
 from .config import Config
 from .hub import Hub, Subscriber
 from .ids import Sequencer
-from .opening import Backfill, covers, framed, opening
+from .opening import Backfill, Opening, covers, opening, reset_body
 from .retention import Retention
 from .route import Delivery, Route
 from .stats import Stats
@@ -59,13 +59,38 @@ class Core:
         self.retention.retain(route, seq, frame, self._clock())
         return self.hub.deliver(route, frame) if live else 0
 
-    def open(self, sub: Subscriber, last_event_id: str | None, backfill: Backfill | None) -> bytes:
-        """Register an admitted subscriber; returns its stream's first bytes."""
-        self.hub.add(sub)
-        bodies = opening(
+    def open(
+        self, sub: Subscriber, last_event_id: str | None, backfill: Backfill | None
+    ) -> Opening:
+        """Register an admitted subscriber, not yet live: its opening is written
+        first, as its socket drains (the subscriber protocol), then `catch_up`."""
+        self.hub.add(sub, live=False)
+        return opening(
             self.ids, self.retention, self.stats, self._retry, sub, last_event_id, backfill
         )
-        return framed(bodies, sub.chunked)
+
+    def catch_up(self, sub: Subscriber, backlog: Opening) -> bool:
+        """Its opening written: what was retained after `backlog.cursor` meanwhile goes
+        into `backlog` (True: write it, then ask again); with nothing more, the
+        subscriber goes live in the same step, so no event falls between (False).
+        If the rings let go of events it had not been sent yet, it is told so."""
+        hub = self.hub
+        hub.flush()  # queued events are retained already: read them from there
+        keys = sub.keys
+        if not self.retention.covers(keys, backlog.cursor):
+            self.stats.resets += 1
+            body = reset_body(self.ids, self.retention, sub, self.ids.id(backlog.cursor), "stale")
+            backlog.bodies.append(body)
+            backlog.cursor = self.ids.head
+            hub.go_live(sub)
+            return False
+        more = self.retention.since(keys, sub.topics, backlog.cursor)
+        if more:
+            backlog.frames += [entry.frame for entry in more]
+            backlog.cursor = more[-1].seq
+            return True
+        hub.go_live(sub)
+        return False
 
     def covers(self, sub: Subscriber, last_event_id: str) -> bool:
         return covers(self.ids, self.retention, sub.keys, last_event_id)

@@ -171,6 +171,8 @@ class Hub:
         self._prefix = conn_prefix  # connection ids are unique per process
         self._channels: dict[Key, Channel] = {}
         self._subs: dict[int, Subscriber] = {}  # by serial
+        # Admitted, opening still being written: in _subs, in no channel yet.
+        self._catching_up: dict[int, Subscriber] = {}
         self._views: dict[tuple[frozenset[str], str | None], View] = {}
         self._serial = 0
         self._pending: list[tuple[sse.Frame, Target]] = []
@@ -189,11 +191,13 @@ class Hub:
         return self._subs.get(int(serial))
 
     def of_user(self, user: str | None) -> Sequence[Subscriber]:
-        """A user's connections, oldest first."""
+        """A user's connections, oldest first (those still opening included)."""
         if user is None:
             return ()
         channel = self._channels.get(("user", user))
-        return sorted(channel.subscribers(), key=lambda s: s.serial) if channel else []
+        subs = channel.subscribers() if channel else []
+        subs += [s for s in self._catching_up.values() if s.user == user]
+        return sorted(subs, key=lambda s: s.serial)
 
     def count_for(self, route: Route) -> int:
         """How many of this hub's connections an event on `route` reaches."""
@@ -222,19 +226,29 @@ class Hub:
         self._serial += 1
         return Subscriber(self._prefix, self._serial, transport, chunked, user, topics)
 
-    def add(self, sub: Subscriber) -> None:
-        """Register an admitted subscriber: it receives what is delivered from now on."""
-        # Frames still queued were published before this connection existed: its
-        # opening replays them from retention, and delivering them again would
-        # duplicate them.
-        self.flush()
+    def add(self, sub: Subscriber, live: bool = True) -> None:
+        """Register an admitted subscriber. Live, it receives what is delivered from
+        now on; not live (its opening is still being written), it counts (caps,
+        per-user limits, drain) but receives nothing until `go_live`."""
         view = self._view(sub.topics, sub.user)
         view.users += 1
         sub.topics = view.topics
         sub.view = view
-        for channel in view.channels:
-            channel.add(sub)
         self._subs[sub.serial] = sub
+        if live:
+            self.go_live(sub)
+        else:
+            self._catching_up[sub.serial] = sub
+
+    def go_live(self, sub: Subscriber) -> None:
+        # Frames still queued were published before this connection went live: its
+        # opening replays them from retention, and delivering them again would
+        # duplicate them.
+        self.flush()
+        self._catching_up.pop(sub.serial, None)
+        assert sub.view is not None
+        for channel in sub.view.channels:
+            channel.add(sub)
 
     def close(self, sub: Subscriber) -> None:
         """Unregister; idempotent (a dropped subscriber's transport reports later)."""
@@ -243,6 +257,7 @@ class Hub:
         sub.active = False
         if self._subs.pop(sub.serial, None) is None:
             return  # never added (refused, or gone while being admitted)
+        self._catching_up.pop(sub.serial, None)
         key = (sub.topics, sub.user)
         view = self._views[key]
         view.users -= 1

@@ -60,6 +60,18 @@ def covers(ids: Sequencer, retention: Retention, keys: Sequence[Key], last_event
     return isinstance(parsed, IdProblem) or retention.covers(keys, parsed)
 
 
+@dataclass(slots=True)
+class Opening:
+    """A stream's first bytes: a few small bodies of its own (retry, reset, connected),
+    then the shared frames of the events it missed, then, once those are written,
+    whatever was retained after `cursor` meanwhile (fanout.core.Core.catch_up)."""
+
+    bodies: list[bytes]
+    frames: list[sse.Frame]
+    cursor: int  # the seq of the last event in `frames` (or the position)
+    paused: bool = False  # the transport's buffer is over its high water mark
+
+
 def opening(
     ids: Sequencer,
     retention: Retention,
@@ -68,8 +80,7 @@ def opening(
     who: Whom,
     last_event_id: str | None,
     backfill: Backfill | None = None,
-) -> list[bytes]:
-    """The SSE bodies that open the stream, in order (unframed)."""
+) -> Opening:
     bodies = [retry]
     since: int | None = None
     problem: str | None = None
@@ -90,22 +101,24 @@ def opening(
     entries = retention.since(who.keys, who.topics, since) if since is not None else []
     if problem is not None:
         stats.resets += 1
-        bodies.append(_reset(ids, retention, who, last_event_id, problem))
+        bodies.append(reset_body(ids, retention, who, last_event_id, problem))
     # The position before the first event sent: the connected event's id.
     first = older[0][0] if older else entries[0].seq if entries else ids.head + 1
-    position = first - 1
-    bodies.append(_connected(ids, who, position))
-    bodies.extend(frame.raw for _, frame in older)
-    bodies.extend(entry.frame.raw for entry in entries)
+    bodies.append(_connected(ids, who, first - 1))
+    # Shared frames, never joined per connection: a thousand connections replaying
+    # the same events hold one copy of them.
+    frames = [frame for _, frame in older]
+    frames += [entry.frame for entry in entries]
+    cursor = entries[-1].seq if entries else older[-1][0] if older else ids.head
     if since is None:
-        bodies.extend(frame.raw for frame in retention.snapshots(who.keys))
+        frames += retention.snapshots(who.keys)
     else:
         stats.replays += 1
         stats.replayed_events += len(entries) + len(older)
-    return bodies
+    return Opening(bodies, frames, cursor)
 
 
-def _reset(
+def reset_body(
     ids: Sequencer, retention: Retention, who: Whom, last_event_id: str | None, problem: str
 ) -> bytes:
     oldest = retention.oldest(who.keys)

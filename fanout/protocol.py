@@ -24,12 +24,16 @@ from .core import Core
 from .gates import Gate
 from .hub import Subscriber
 from .ipguard import IpGuard
-from .opening import Backfill
+from .opening import Backfill, Opening, framed
 from .pages import Pages
 from .subscribe import Answer, Identity, Page, Reject, Subscribe, parse, response, stream_head
 from .wheel import Timer, Wheel
 
 log = logging.getLogger("fanout.subscriber")
+
+# The opening is written up to this much buffered at a time (or half of
+# limits.max_buffered_bytes if smaller), then continued as the socket drains.
+OPENING_HIGH_WATER = 64 * 1024
 
 
 class State(enum.Enum):
@@ -74,6 +78,8 @@ class Shared:
     max_open: int
     ipguard: IpGuard
     retry_after_s: int
+    # Streams whose opening is still being written (few at a time; none when idle).
+    openings: dict[SubscriberProtocol, Opening] = field(default_factory=dict)
     all_closed: asyncio.Event | None = None
     # /fanout.js and the demo: answered whole, then the connection closes.
     pages: Pages = field(default_factory=Pages)
@@ -180,6 +186,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
     def connection_lost(self, exc: Exception | None) -> None:
         shared = self._shared
         shared.connections.discard(self)
+        shared.openings.pop(self, None)
         if self._ip is not None:
             shared.ipguard.release(self._ip)
             self._ip = None
@@ -277,7 +284,7 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         transport = self._transport
         assert transport is not None
         opening = shared.core.open(sub, request.last_event_id, backfill)
-        transport.write(stream_head(request) + opening)
+        transport.write(stream_head(request))
         self._sub = sub
         self._parser = None
         self._set_state(State.STREAMING)
@@ -287,6 +294,53 @@ class SubscriberProtocol(asyncio.Protocol, TimerTarget):
         # interval, so connections opened together do not beat together forever.
         first = shared.clock() + shared.heartbeat_interval_s * random.uniform(0.5, 1.0)
         self._timer = shared.wheel.schedule(first, self)
+        # The opening is written as the socket drains (pause_writing/resume_writing),
+        # never buffered whole: a client that does not read holds at most the high
+        # water mark plus one frame, whatever is retained.
+        limit = shared.core.hub.limits.max_buffered_bytes
+        transport.set_write_buffer_limits(high=min(OPENING_HIGH_WATER, limit // 2))
+        shared.openings[self] = opening
+        self._pump()
+
+    def _pump(self) -> None:
+        """Write the opening while the transport takes it; then the subscriber is live."""
+        shared = self._shared
+        opening = shared.openings.get(self)
+        sub, transport = self._sub, self._transport
+        if opening is None or sub is None or transport is None:
+            return
+        chunked = sub.chunked
+        while not opening.paused:
+            if not sub.active or transport.is_closing():
+                del shared.openings[self]  # ended meanwhile (drain, eviction, gone)
+                return
+            if opening.bodies:
+                transport.write(framed(opening.bodies, chunked))
+                opening.bodies = []
+                continue
+            if opening.frames:
+                frames, i = opening.frames, 0
+                while i < len(frames) and not opening.paused:
+                    transport.write(frames[i].for_peer(chunked))
+                    i += 1
+                del frames[:i]
+                continue
+            if not shared.core.catch_up(sub, opening):
+                if opening.bodies:  # told that continuity was lost, before any live event
+                    transport.write(framed(opening.bodies, chunked))
+                del shared.openings[self]
+                return
+
+    def pause_writing(self) -> None:
+        opening = self._shared.openings.get(self)
+        if opening is not None:
+            opening.paused = True
+
+    def resume_writing(self) -> None:
+        opening = self._shared.openings.get(self)
+        if opening is not None:
+            opening.paused = False
+            self._pump()
 
     def _answer_page(self, page: Page) -> None:
         assert self._transport is not None

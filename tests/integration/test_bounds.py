@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,50 @@ def test_per_address_cap_and_connect_rate(start_daemon: Callable[..., Daemon]) -
         sock.close()
     with pytest.raises(PublishError):
         rated.publisher.publish("bad topic", 1)  # the control socket is not rate limited
+
+
+def rss(daemon: Daemon) -> int:
+    assert daemon.proc is not None
+    for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("last_id", ["not-an-id", None])
+def test_openings_nobody_reads_do_not_copy_the_replay(
+    start_daemon: Callable[..., Daemon], last_id: str | None
+) -> None:
+    # About 7 MiB retained on one topic (or as latest values): each of 30 streams that
+    # never read used to get its own joined copy of it (+210 MiB).
+    latest = last_id is None
+    daemon = start_daemon(
+        {
+            "limits": {"header_timeout_s": 30.0},
+            "replay": {
+                "max_bytes_total": 32 * 1024 * 1024,
+                "latest_value_topics": ["p:*"] if latest else [],
+            },
+        }
+    )
+    payload = "x" * 500_000
+    topics = [f"p:{n}" for n in range(14)] if latest else ["t"] * 14
+    for topic in topics:
+        daemon.publish(topic, payload)
+    before = rss(daemon)
+    query = "&".join(f"topic={t}" for t in sorted(set(topics)))
+    head = f"GET /events?{query} HTTP/1.1\r\nHost: x\r\n"
+    if last_id:
+        head += f"Last-Event-ID: {last_id}\r\n"
+    socks = []
+    for _ in range(30):
+        sock = connect(daemon, rcvbuf=4096)
+        sock.sendall(head.encode() + b"\r\n")
+        socks.append(sock)
+    daemon.wait_connections(30)
+    grown = rss(daemon) - before
+    assert grown < 24 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
+    # The daemon is still all there for everyone else.
+    assert daemon.publish("other", 1)["id"]
+    for sock in socks:
+        sock.close()

@@ -10,7 +10,7 @@ from fanout.config import Config, Limits, Replay, Stream
 from fanout.core import Core
 from fanout.gates import LocalGate
 from fanout.hub import Subscriber, Transport
-from fanout.opening import Backfill
+from fanout.opening import Backfill, framed
 from fanout.publishing import Publishing
 from fanout.retention import Retention
 from fanout.route import Delivery
@@ -84,7 +84,16 @@ class Node:
         self.gate.ask(answer, sub, last_event_id)
         if answer.refusal is not None:
             raise Refused(answer.refusal)
-        return self.core.open(sub, last_event_id, None)
+        # As the subscriber protocol does with a socket that takes everything at once.
+        opening = self.core.open(sub, last_event_id, None)
+        out = []
+        while True:
+            out.append(framed(opening.bodies, sub.chunked))
+            out += [frame.for_peer(sub.chunked) for frame in opening.frames]
+            opening.bodies, opening.frames = [], []
+            if not self.core.catch_up(sub, opening):
+                out.append(framed(opening.bodies, sub.chunked))
+                return b"".join(out)
 
     def close(self, sub: Subscriber) -> None:
         self.hub.close(sub)

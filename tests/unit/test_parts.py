@@ -14,7 +14,7 @@ from fanout.retention import Retention
 from fanout.route import ALL, Route, keys_of
 from fanout.stats import Stats
 from tests.unit.node import Node
-from tests.unit.test_hub import Clock, connect
+from tests.unit.test_hub import Clock, FakeTransport, connect
 
 
 @pytest.mark.parametrize(
@@ -122,16 +122,19 @@ def test_opening_of_a_fresh_stream_and_of_a_stale_resume():
         kept.retain(Route("topic", "a"), seq, ids.frame(seq, "m", b"%d" % seq), 0.0)
     who = Who("c.1", None, frozenset({"a"}), keys_of(frozenset({"a"}), None))
     fresh = opening(ids, kept, stats, b"retry: 1\n\n", who, None)
-    assert fresh[0] == b"retry: 1\n\n"
-    assert fresh[1].startswith(b"id: e-4\nevent: connected\n")
-    assert len(fresh) == 2
+    assert fresh.bodies[0] == b"retry: 1\n\n"
+    assert fresh.bodies[1].startswith(b"id: e-4\nevent: connected\n")
+    assert (len(fresh.bodies), fresh.frames, fresh.cursor) == (2, [], 4)
     assert covers(ids, kept, who.keys, "e-2")
     assert not covers(ids, kept, who.keys, "e-1")
     stale = opening(ids, kept, stats, b"", who, "e-1")
-    reset = orjson.loads(stale[1].split(b"data: ", 1)[1])
+    reset = orjson.loads(stale.bodies[1].split(b"data: ", 1)[1])
     assert (reset["reason"], reset["oldestId"]) == ("stale", "e-3")
-    assert stale[2].startswith(b"id: e-2\nevent: connected\n")
-    assert [b.split(b"\n")[0] for b in stale[3:]] == [b"id: e-3", b"id: e-4"]
+    assert stale.bodies[2].startswith(b"id: e-2\nevent: connected\n")
+    # The replay is the retained frames themselves, shared, not a copy per connection.
+    retained = kept.since(who.keys, who.topics, 0)
+    assert all(f is e.frame for f, e in zip(stale.frames, retained, strict=True))
+    assert stale.cursor == 4
     assert (stats.resets, stats.replays, stats.replayed_events) == (1, 1, 2)
 
 
@@ -178,3 +181,42 @@ def test_the_byte_budget_counts_both_framings_and_latest_values():
     assert kept.counts()["retained_events"] == 0
     names = [name for (kind, name) in kept._rings if kind == "topic"]
     assert names == ["p:33", "p:35", "p:37", "p:39"]  # four fit: about 15 KB each
+
+
+def test_an_opening_catches_up_on_what_was_published_while_it_was_written():
+    clock = Clock()
+    node = Node(clock, replay=Replay(max_events_per_topic=3))
+    for n in range(2):
+        node.publish("a", "m", b"%d" % n)
+    transport = FakeTransport()
+    sub = node.new_subscriber(transport, False, None, frozenset({"a"}))
+    opening = node.core.open(sub, "e-0", None)
+    assert [f.raw.split(b"\n")[0] for f in opening.frames] == [b"id: e-1", b"id: e-2"]
+    # Still being written: counted, but not delivered to.
+    node.publish("a", "m", b"2")
+    node.flush()
+    assert node.connections == 1
+    assert transport.data == b""
+    opening.frames = []
+    assert node.core.catch_up(sub, opening)  # e-3 came meanwhile
+    assert [f.raw.split(b"\n")[0] for f in opening.frames] == [b"id: e-3"]
+    opening.frames = []
+    assert not node.core.catch_up(sub, opening)  # nothing more: live
+    node.publish("a", "m", b"3")
+    node.flush()
+    assert transport.events()[-1][0] == "e-4"
+
+
+def test_an_opening_that_fell_behind_the_rings_is_told_before_it_goes_live():
+    clock = Clock()
+    node = Node(clock, replay=Replay(max_events_per_topic=2))
+    node.publish("a", "m", b"0")
+    sub = node.new_subscriber(FakeTransport(), False, None, frozenset({"a"}))
+    opening = node.core.open(sub, "e-0", None)
+    opening.frames = []
+    for n in range(1, 5):  # the ring lets e-1.. go before they were sent
+        node.publish("a", "m", b"%d" % n)
+    assert not node.core.catch_up(sub, opening)
+    reset = orjson.loads(opening.bodies[-1].split(b"data: ", 1)[1])
+    assert reset["reason"] == "stale"
+    assert node.stats.resets == 1
