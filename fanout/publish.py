@@ -51,6 +51,10 @@ class Publication(Struct, frozen=True):
     user: str | None = None
 
 
+# What a client may nest to, roughly: msgspec stops at the interpreter's recursion
+# limit, whatever the stack already holds; said in the error so a user knows the scale.
+_MAX_DEPTH_HINT = 900
+
 _event_decoder = msgspec.json.Decoder(EventBody)
 _publish_decoder = msgspec.json.Decoder(PublishBody)
 _encoder = msgspec.json.Encoder()
@@ -80,6 +84,10 @@ def _decode_one(raw: bytes, with_topic: bool) -> Publication:
         raise BadRequest(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec stops at the interpreter's recursion limit; that is bad input, not
+        # a fault of ours (it used to answer 500 with a traceback in the log).
+        raise BadRequest(f"invalid JSON: nested deeper than {_MAX_DEPTH_HINT} levels") from None
     payload = _payload(body)
     if isinstance(body, PublishBody):
         user = None if body.user is UNSET else body.user
@@ -92,6 +100,16 @@ def decode_event(raw: bytes, content_type: str) -> Publication:
     if media_type(content_type) not in JSON_TYPES:
         raise BadRequest(f"unsupported Content-Type {content_type!r}: use application/json", 415)
     return _decode_one(raw, with_topic=False)
+
+
+Item = tuple[str, str, bytes, str | None]  # (topic, event, payload, user): Backend.publish_many
+
+
+def decode_publish_items(raw: bytes, content_type: str) -> tuple[list[Item], bool]:
+    """The body of /publish as the backend's items, and whether it was a batch."""
+    publications = decode_publish(raw, content_type)
+    batch = media_type(content_type) in NDJSON_TYPES
+    return [(p.topic, p.event, p.payload, p.user) for p in publications], batch
 
 
 def decode_publish(raw: bytes, content_type: str) -> list[Publication]:
