@@ -24,7 +24,7 @@ import cProfile
 import pstats
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from fanout.config import Limits, Replay, Stream
 from fanout.control import ControlApi, ControlProtocol
@@ -68,7 +68,7 @@ class ConstantBackend:
     """Publishes nothing: isolates the control protocol's own cost."""
 
     draining = False
-    _one = [Delivery("e-1", 1, 1)]
+    _one: ClassVar[list[Delivery]] = [Delivery("e-1", 1, 1)]
 
     def publish_many(self, items: list[tuple[str, str, bytes, str | None]]) -> list[Delivery]:
         return self._one

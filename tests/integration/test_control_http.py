@@ -143,7 +143,7 @@ def test_content_length_with_transfer_encoding_is_refused_and_closes(daemon):
     )
     got = responses(raw(daemon, smuggle))
     assert [status for status, _, _ in got] == [400]
-    status, headers, answer = got[0]
+    _, headers, answer = got[0]
     assert "Transfer-Encoding" in json.loads(answer)["error"]
     assert headers["connection"] == "close"
     assert daemon.stats()["published"] == 0
