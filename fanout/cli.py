@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from . import __version__, config, logs
+from . import __version__, config, gcpolicy, logs
 
 log = logging.getLogger("fanout.cli")
 
@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fanout: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     logs.setup(args.log_level or cfg.log.level)
+    gcpolicy.tune()
     try:
         if config.worker_count(cfg) > 1:
             from . import supervisor
@@ -50,6 +51,7 @@ def _worker(args: argparse.Namespace) -> int:
     from . import worker
     from .server import StartupError
 
+    gcpolicy.tune()
     try:
         uvloop.run(worker.run(args.link_fd))
     except StartupError as exc:
