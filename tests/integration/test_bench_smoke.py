@@ -41,6 +41,6 @@ def test_smoke_loses_nothing(tmp_path: Path) -> None:
         assert row["lost_all_runs"] == 0, row
         assert not row["publish_errors"], row
         assert row["latency_samples"] > 0, row
-        assert row["cpu_us_per_publish"] > 0, row
+        assert row["cpu_us_per_publish"] is not None, row
     if Nchan.available():
         assert any(r["server"] == "nchan" for r in rows)
