@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from . import __version__, config, logs
+from . import __version__, config, gcpolicy, logs
 
 log = logging.getLogger("fanout.cli")
 
@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fanout: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     logs.setup(args.log_level or cfg.log.level)
+    gcpolicy.tune()
     try:
         uvloop.run(serve(cfg, config_path=args.config, log_level=args.log_level))
     except StartupError as exc:
@@ -46,6 +47,7 @@ def _worker(args: argparse.Namespace) -> int:
     from . import worker
     from .daemon import StartupError
 
+    gcpolicy.tune()
     try:
         uvloop.run(worker.run(args.link_fd))
     except StartupError as exc:

@@ -1,49 +1,73 @@
-"""The publishers' HTTP API on the control Unix socket (h11, keep-alive).
+"""The publishers' HTTP API on the control Unix socket: routing and handlers.
 
 Every rejected request gets a 4xx with a JSON body saying what is wrong, and
-publishes nothing: bodies are decoded and validated whole before the hub is called.
+publishes nothing: bodies are decoded and validated whole before the backend is
+called. The HTTP/1.1 connection itself (parsing, pipelining, framing of answers) is
+`controlhttp.ControlProtocol`, re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, Union, cast
+from typing import Any, Protocol, TypeVar, Union
 from urllib.parse import unquote, urlsplit
 
-import h11
 import orjson
 
 from . import metrics
 from .names import is_user
-from .publish import NDJSON_TYPES, BadRequest, decode_event, decode_publish, media_type
+from .publish import BadRequest, decode_event, decode_publish_items
 from .route import Delivery
 
 log = logging.getLogger("fanout.control")
 
-MAX_HEADER_BYTES = 16 * 1024
+_APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
-@dataclass(frozen=True, slots=True)
 class Answer:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    allow: str = ""
+    """What a handler answers: status, body, and the headers that vary."""
+
+    __slots__ = ("allow", "body", "content_type", "status")
+
+    def __init__(
+        self, status: int, body: bytes, content_type: str = "application/json", allow: str = ""
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.allow = allow
+
+    def __repr__(self) -> str:
+        return f"Answer({self.status}, {self.body[:60]!r})"
 
 
 def _json(status: int, value: Any) -> Answer:
-    return Answer(status, orjson.dumps(value) + b"\n")
+    return Answer(status, orjson.dumps(value, option=_APPEND_NEWLINE))
 
 
-def _error(status: int, message: str, allow: str = "") -> Answer:
-    return Answer(status, orjson.dumps({"error": message}) + b"\n", allow=allow)
+def error(status: int, message: str, allow: str = "") -> Answer:
+    return Answer(status, orjson.dumps({"error": message}, option=_APPEND_NEWLINE), allow=allow)
 
 
 def _delivered(d: Delivery) -> Answer:
     return _json(200, {"id": d.id, "sent": d.sent, "total": d.total})
+
+
+def _published(deliveries: list[Delivery]) -> Answer:
+    d = deliveries[0]
+    return Answer(200, orjson.dumps({"id": d.id, "sent": d.sent}, option=_APPEND_NEWLINE))
+
+
+def _published_batch(deliveries: list[Delivery]) -> Answer:
+    return _json(
+        200,
+        {
+            "published": len(deliveries),
+            "ids": [d.id for d in deliveries],
+            "sent": [d.sent for d in deliveries],
+        },
+    )
 
 
 class ServiceUnavailable(Exception):
@@ -75,16 +99,20 @@ Reply = Answer | Awaitable[Answer]
 
 def _then(value: Maybe[T], answer: Callable[[T], Answer]) -> Reply:
     """Answer now, or when the backend's awaitable is done."""
-    if not isinstance(value, Awaitable):
+    # Not isinstance(value, Awaitable): an ABC check costs more than the rest of this.
+    if not hasattr(value, "__await__"):
         return answer(value)
 
     async def later(pending: Awaitable[T]) -> Answer:
         try:
             return answer(await pending)
         except ServiceUnavailable as exc:
-            return _error(503, str(exc))
+            return error(503, str(exc))
 
     return later(value)
+
+
+Handler = Callable[[str, str, bytes], Reply]
 
 
 class ControlApi:
@@ -93,7 +121,7 @@ class ControlApi:
     def __init__(self, backend: Backend, snapshot: Snapshot) -> None:
         self._backend = backend
         self._snapshot = snapshot
-        self._routes: dict[str, tuple[str, Callable[[str, str, bytes], Reply]]] = {
+        self._routes: dict[str, tuple[str, Handler]] = {
             "/publish": ("POST", self._publish),
             "/broadcast": ("POST", self._broadcast),
             "/notify/": ("POST", self._notify),
@@ -102,47 +130,39 @@ class ControlApi:
             "/healthz": ("GET", self._healthz),
             "/metrics": ("GET", self._metrics),
         }
+        self._exact = {k: v for k, v in self._routes.items() if not k.endswith("/")}
 
     def handle(self, method: str, target: str, content_type: str, body: bytes) -> Reply:
-        try:
-            path = urlsplit(target).path
-        except ValueError:
-            return _error(400, f"malformed request target {target[:80]!r}")
-        prefix = path if path in self._routes else path[: path.find("/", 1) + 1]
-        route = self._routes.get(prefix) if prefix else None
-        if route is None or (prefix.endswith("/") and prefix == path):
-            return _error(404, f"no such endpoint: {path}")
+        route = self._exact.get(target)
+        if route is not None:  # the common case: an exact path, no query
+            path, suffix = target, ""
+        else:
+            try:
+                path = urlsplit(target).path
+            except ValueError:
+                return error(400, f"malformed request target {target[:80]!r}")
+            prefix = path if path in self._routes else path[: path.find("/", 1) + 1]
+            route = self._routes.get(prefix) if prefix else None
+            if route is None or (prefix.endswith("/") and prefix == path):
+                return error(404, f"no such endpoint: {path[:200]}")
+            suffix = unquote(path[len(prefix) :])
         allowed, handler = route
         if method != allowed and not (allowed == "GET" and method == "HEAD"):
-            return _error(405, f"{path} takes {allowed}", allow=allowed)
+            return error(405, f"{path} takes {allowed}", allow=allowed)
         try:
-            return handler(unquote(path[len(prefix) :]), content_type, body)
+            return handler(suffix, content_type, body)
         except BadRequest as exc:
-            return _error(exc.status, str(exc))
+            return error(exc.status, str(exc))
         except ServiceUnavailable as exc:
-            return _error(503, str(exc))
+            return error(503, str(exc))
         except Exception as exc:
+            # A bug, not bad input: bad input is BadRequest, whatever its shape.
             log.exception("control request %s %s failed", method, path)
-            return _error(500, f"internal error: {exc}")
+            return error(500, f"internal error: {exc}")
 
     def _publish(self, _: str, content_type: str, body: bytes) -> Reply:
-        publications = decode_publish(body, content_type)
-        items = [(p.topic, p.event, p.payload, p.user) for p in publications]
-        batch = media_type(content_type) in NDJSON_TYPES
-
-        def answer(deliveries: list[Delivery]) -> Answer:
-            if not batch:
-                return _json(200, {"id": deliveries[0].id, "sent": deliveries[0].sent})
-            return _json(
-                200,
-                {
-                    "published": len(deliveries),
-                    "ids": [d.id for d in deliveries],
-                    "sent": [d.sent for d in deliveries],
-                },
-            )
-
-        return _then(self._backend.publish_many(items), answer)
+        items, batch = decode_publish_items(body, content_type)
+        return _then(self._backend.publish_many(items), _published_batch if batch else _published)
 
     def _broadcast(self, _: str, content_type: str, body: bytes) -> Reply:
         p = decode_event(body, content_type)
@@ -159,7 +179,7 @@ class ControlApi:
 
         def answer(d: Delivery | None) -> Answer:
             if d is None:
-                return _error(404, f"no open connection with id {connection[:80]!r}")
+                return error(404, f"no open connection with id {connection[:80]!r}")
             return _delivered(d)
 
         return _then(self._backend.send(connection, p.event, p.payload), answer)
@@ -188,128 +208,7 @@ class ControlApi:
         return _json(200, {"status": "ok"})
 
 
-class ControlProtocol(asyncio.Protocol):
-    def __init__(self, api: ControlApi, max_body_bytes: int) -> None:
-        self._api = api
-        self._max_body = max_body_bytes
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        self._transport: asyncio.Transport | None = None
-        self._request: h11.Request | None = None
-        self._body = bytearray()
-        # Set while an answer is computed asynchronously (stats across workers);
-        # later pipelined requests wait in h11's buffer, so answers keep their order.
-        self._busy = False
+# The protocol lives in its own module (one concept each); callers import it from here.
+from .controlhttp import ControlProtocol  # noqa: E402
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._conn.receive_data(data)
-        self._process()
-
-    def eof_received(self) -> bool:
-        self._conn.receive_data(b"")
-        self._process()
-        return False
-
-    def _process(self) -> None:
-        conn = self._conn
-        while self._transport is not None and not self._transport.is_closing() and not self._busy:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._fail(exc.error_status_hint, f"malformed request: {exc}")
-                return
-            if event is h11.NEED_DATA:
-                return
-            if event is h11.PAUSED:
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                    continue
-                return
-            if isinstance(event, h11.Request):
-                self._start(event)
-            elif isinstance(event, h11.Data):
-                self._body += event.data
-                if len(self._body) > self._max_body:
-                    self._too_large()
-            elif isinstance(event, h11.EndOfMessage):
-                self._finish()
-            elif isinstance(event, h11.ConnectionClosed):
-                self._transport.close()
-                return
-
-    def _start(self, request: h11.Request) -> None:
-        self._request = request
-        self._body = bytearray()
-        for name, value in request.headers:
-            if name == b"content-length" and int(value) > self._max_body:
-                self._too_large()
-                return
-
-    def _too_large(self) -> None:
-        self._body = bytearray()
-        self._fail(413, f"request body larger than {self._max_body} bytes (control.max_body_bytes)")
-
-    def _finish(self) -> None:
-        request = self._request
-        assert request is not None
-        content_type = ""
-        for name, value in request.headers:
-            if name == b"content-type":
-                content_type = value.decode("latin-1")
-        answer = self._api.handle(
-            request.method.decode("ascii"),
-            request.target.decode("ascii", "replace"),
-            content_type,
-            bytes(self._body),
-        )
-        self._body = bytearray()
-        if isinstance(answer, Answer):
-            self._send(answer, close=False)
-            return
-        self._busy = True
-        task = asyncio.ensure_future(answer)
-        task.add_done_callback(self._answered)
-
-    def _answered(self, task: asyncio.Future[Answer]) -> None:
-        self._busy = False
-        if self._transport is None or self._transport.is_closing():
-            return
-        try:
-            answer = task.result()
-        except Exception as exc:
-            log.exception("control request failed")
-            answer = _error(500, f"internal error: {exc}")
-        self._send(answer, close=False)
-        self._process()
-
-    def _fail(self, status: int, message: str) -> None:
-        if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            self._send(_error(status, message), close=True)
-        assert self._transport is not None
-        self._transport.close()
-
-    def _send(self, answer: Answer, close: bool) -> None:
-        headers = [
-            ("Content-Type", answer.content_type),
-            ("Content-Length", str(len(answer.body))),
-        ]
-        if answer.allow:
-            headers.append(("Allow", answer.allow))
-        if close:
-            headers.append(("Connection", "close"))
-        conn = self._conn
-        data = conn.send(h11.Response(status_code=answer.status, headers=headers))
-        assert data is not None
-        if self._request is None or self._request.method != b"HEAD":
-            data += conn.send(h11.Data(data=answer.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        assert self._transport is not None
-        self._transport.write(data)
-        if conn.our_state is h11.MUST_CLOSE:
-            self._transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+__all__ = ["Answer", "Backend", "ControlApi", "ControlProtocol", "ServiceUnavailable", "error"]

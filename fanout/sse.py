@@ -26,18 +26,33 @@ def _field(name: str, value: str) -> bytes:
     return f"{name}: {value}\n".encode()
 
 
+def _plain(value: str) -> bool:
+    return "\n" not in value and "\r" not in value and "\x00" not in value
+
+
 def encode_event(data: str | bytes, *, id: str | None = None, event: str | None = None) -> bytes:
     """The SSE text of one event: `id:`, `event:`, one `data:` line per line, blank line.
 
     `data` as bytes must be UTF-8 (compact JSON from the publish path is).
     """
+    if isinstance(data, str):
+        data = data.encode()
+    # The publish path's shape (an id, an event name, one line of compact JSON), in
+    # one formatting: a third of the general path's cost. `in` tests beat the regex.
+    if (
+        id is not None
+        and event is not None
+        and b"\n" not in data
+        and b"\r" not in data
+        and _plain(id)
+        and _plain(event)
+    ):
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (id.encode(), event.encode(), data)
     out = []
     if id is not None:
         out.append(_field("id", id))
     if event is not None:
         out.append(_field("event", event))
-    if isinstance(data, str):
-        data = data.encode()
     for line in _LINE_BREAK.split(data):
         out.append(b"data: " + line + b"\n")
     out.append(b"\n")

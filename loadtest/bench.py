@@ -60,6 +60,8 @@ class Scenario:
     duration_s: float = 60.0
     note: str = ""
     repeat: int = 1  # runs per server, interleaved; the median run is reported
+    topics: int = 1  # > 1: subscriber g on topic g % topics, event i to topic i % topics
+    window: int = 64  # requests in flight per publisher connection when rate = 0
 
 
 # Server variants: "fanout", "fanout+flush5" (flush_interval_ms = 5), "fanout-wN"
@@ -120,9 +122,38 @@ WORKERS = [
     ),
 ]
 
+# Publish-bound: each publish reaches one subscriber (per-user notifications, a topic
+# per job), so the request itself is the work. 8 connections as 8 app workers.
+PUBLISH = [
+    Scenario(
+        "p1-wait",
+        1_000,
+        20_000,
+        0,
+        publishers=8,
+        topics=1_000,
+        window=1,
+        repeat=3,
+        note="1,000 topics x 1 sub, 20,000 publishes round-robin, 8 connections "
+        "that each wait for their answer",
+    ),
+    Scenario(
+        "p1-pipe",
+        1_000,
+        20_000,
+        0,
+        publishers=8,
+        topics=1_000,
+        window=16,
+        repeat=3,
+        note="the same, 16 requests pipelined per connection",
+    ),
+]
+
 SMOKE = [
     Scenario("smoke", 200, 50, 100, publishers=2, duration_s=10, note="smoke: loss check"),
     Scenario("smoke-ndjson", 200, 60, 200, batch=10, servers=("fanout",), duration_s=10),
+    Scenario("smoke-topics", 100, 1_000, 0, publishers=4, topics=100, window=4, duration_s=10),
 ]
 
 
@@ -150,7 +181,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 class Workers:
     """The subscriber processes, driven over pipes."""
 
-    def __init__(self, server: Server, subs: int, deadline_s: float) -> None:
+    def __init__(self, server: Server, subs: int, deadline_s: float, topics: int = 1) -> None:
         ctx = mp.get_context("fork")
         n = max(1, math.ceil(subs / PER_WORKER))
         if subs >= 400:
@@ -159,6 +190,7 @@ class Workers:
         per_sample = max(1, SAMPLED_CONNECTIONS // n)
         self.pipes: list[Connection] = []
         self.procs: list[mp.process.BaseProcess] = []
+        first = 0
         for i, share in enumerate(shares):
             spec = WorkerSpec(
                 index=i,
@@ -171,7 +203,10 @@ class Workers:
                 source=f"127.0.0.{2 + i}",
                 sample_every=max(1, share // per_sample),
                 lifetime_s=deadline_s,
+                topics=topics,
+                first=first,
             )
+            first += share
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child, spec), daemon=True)
             proc.start()
@@ -270,7 +305,7 @@ def run_one(
         drops0 = softnet_drops()
         lifetime = scn.duration_s + 240
         t_connect = time.monotonic()
-        workers = Workers(server, scn.subs, lifetime)
+        workers = Workers(server, scn.subs, lifetime, scn.topics)
         ok, failed, connect_s = workers.connected(180)
         connect_wall = time.monotonic() - t_connect
         if failed:
@@ -292,6 +327,8 @@ def run_one(
             batch=scn.batch if server.publish_kind == "fanout" else 1,
             broadcast=scn.broadcast and server.publish_kind == "fanout",
             duration_s=scn.duration_s,
+            topics=scn.topics,
+            window=scn.window,
         )
         ctx = mp.get_context("fork")
         pub_pipe, child = ctx.Pipe()
@@ -321,7 +358,7 @@ def run_one(
             if total != last_total:
                 last_total, last_change = total, now
             if published is not None:
-                expected = ok * published["sent_events"]
+                expected = ok * published["sent_events"] // scn.topics
                 if total - received0 >= expected or now - last_change > quiet_s:
                     break
         cpu1 = cpu_seconds(spids)
@@ -336,7 +373,9 @@ def run_one(
         if published is None:
             raise RuntimeError("the publisher did not finish in time")
         delivered = received - received0
-        expected = scn.subs * published["sent_events"]
+        expected = scn.subs * published["sent_events"] // scn.topics
+        publishes = published["sent_events"]
+        pub_span = max(published["t_last"] - published["t_first"], 1e-9)
         cpu = cpu1 - cpu0
         span = max(t_done - t0, 1e-9)
         return {
@@ -355,6 +394,12 @@ def run_one(
             "closed": closed,
             "publish_errors": published["errors"],
             "deliveries_per_s": delivered / span,
+            "topics": scn.topics,
+            "window": scn.window if scn.rate == 0 else None,
+            # Publish-bound figures: the daemon's CPU over the publishes it took, and
+            # the rate the publisher sent them at (every one answered before it ends).
+            "publishes_per_s": publishes / pub_span,
+            "cpu_us_per_publish": cpu / publishes * 1e6 if publishes else None,
             "daemon_cpu_s": cpu,
             "deliveries_per_cpu_s": delivered / cpu if cpu > 0 else None,
             "cpu_us_per_delivery": cpu / delivered * 1e6 if delivered else None,
@@ -397,6 +442,8 @@ COLUMNS = [
     ("deliveries_per_cpu_s", "deliv/CPU-s", "{:,.0f}"),
     ("deliveries_per_cpu_s_all", "range (runs)", None),
     ("cpu_us_per_delivery", "µs/deliv", "{:.2f}"),
+    ("publishes_per_s", "pub/s", "{:,.0f}"),
+    ("cpu_us_per_publish", "µs/pub", "{:.1f}"),
     ("latency_ms_p50", "p50 ms", "{:.1f}"),
     ("latency_ms_p99", "p99 ms", "{:.1f}"),
     ("latency_ms_max", "max ms", "{:.1f}"),
@@ -410,6 +457,8 @@ RATIO_KEYS = [
     "daemon_cpu_s",
     "deliveries_per_cpu_s",
     "cpu_us_per_delivery",
+    "publishes_per_s",
+    "cpu_us_per_publish",
     "latency_ms_p50",
     "latency_ms_p99",
     "latency_ms_max",
@@ -516,7 +565,7 @@ def select(args: argparse.Namespace) -> list[tuple[Scenario, str]]:
             )
         ]
     else:
-        scenarios = SMOKE if args.smoke else FULL + WORKERS
+        scenarios = SMOKE if args.smoke else FULL + PUBLISH + WORKERS
         if args.scenarios:
             wanted = set(args.scenarios.split(","))
             scenarios = [s for s in scenarios if s.name in wanted]

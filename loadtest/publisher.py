@@ -33,6 +33,11 @@ class PublishSpec:
     batch: int = 1  # events per request (NDJSON), fanout only
     broadcast: bool = False  # fanout: POST /broadcast instead of /publish
     duration_s: float = 60.0  # hard bound on the sending time
+    # topics > 1: event i goes to topic `<topic><i % topics>` (one subscriber each).
+    topics: int = 1
+    # Requests in flight per connection when rate = 0: 1 is an app worker that waits
+    # for each answer; more is a pipelining client.
+    window: int = _FLAT_OUT_WINDOW
 
 
 def event_data(payload_bytes: int) -> bytes:
@@ -41,12 +46,18 @@ def event_data(payload_bytes: int) -> bytes:
     return head + b"x" * pad + b'"}'
 
 
-def _request(spec: PublishSpec, n: int) -> bytes:
+def _topic(spec: PublishSpec, first: int) -> bytes:
+    if spec.topics > 1:
+        return b"%s%d" % (spec.topic.encode(), first % spec.topics)
+    return spec.topic.encode()
+
+
+def _request(spec: PublishSpec, n: int, first: int = 0) -> bytes:
     if spec.kind == "nchan":
         body = event_data(spec.payload_bytes)
         host = spec.address
         return b"POST /pub?topic=%s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            spec.topic.encode(),
+            _topic(spec, first),
             host.encode(),
             len(body),
             body,
@@ -57,7 +68,7 @@ def _request(spec: PublishSpec, n: int) -> bytes:
     elif n == 1:
         path, ctype = b"/publish", b"application/json"
         body = b'{"topic":"%s","event":"m","data":%s}' % (
-            spec.topic.encode(),
+            _topic(spec, first),
             event_data(spec.payload_bytes),
         )
     else:
@@ -71,14 +82,16 @@ def _request(spec: PublishSpec, n: int) -> bytes:
 
 
 class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, window: int
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.sent_requests = 0
         self.answered = 0
         self.ok = 0
         self.errors: list[str] = []
-        self.window = asyncio.Semaphore(_FLAT_OUT_WINDOW)
+        self.window = asyncio.Semaphore(window)
         self.finished = False  # set when nothing more will be sent
 
     async def read_answers(self) -> None:
@@ -104,7 +117,7 @@ async def _open(spec: PublishSpec) -> _Conn:
         reader, writer = await asyncio.open_connection(host, int(port))
     else:
         reader, writer = await asyncio.open_unix_connection(spec.address)
-    return _Conn(reader, writer)
+    return _Conn(reader, writer, spec.window)
 
 
 def _plan(spec: PublishSpec) -> list[tuple[int, int, int]]:
@@ -128,20 +141,35 @@ async def _run(spec: PublishSpec) -> dict[str, object]:
     start = loop.time()
     stop_at = start + spec.duration_s
     sent_events = 0
-    for c, first, n in plan:
-        now = loop.time()
-        if now > stop_at:
-            break
-        conn = conns[c]
-        if spec.rate > 0:
+    if spec.rate > 0:
+        for c, first, n in plan:
+            now = loop.time()
+            if now > stop_at:
+                break
+            conn = conns[c]
             due = start + first / spec.rate
             if due > now:
                 await asyncio.sleep(due - now)
-        else:
-            await conn.window.acquire()
-        conn.writer.write(_request(spec, n))
-        conn.sent_requests += 1
-        sent_events += n
+            conn.writer.write(_request(spec, n, first))
+            conn.sent_requests += 1
+            sent_events += n
+    else:
+        # Flat out: each connection sends its share as fast as its window allows,
+        # on its own (as app workers do), so a slow answer holds only its connection.
+        async def send(conn: _Conn, share: list[tuple[int, int, int]]) -> int:
+            sent = 0
+            for _, first, n in share:
+                if loop.time() > stop_at:
+                    break
+                await conn.window.acquire()
+                conn.writer.write(_request(spec, n, first))
+                conn.sent_requests += 1
+                sent += n
+            return sent
+
+        shares = [[p for p in plan if p[0] == c] for c in range(spec.connections)]
+        counts = await asyncio.gather(*(send(c, sh) for c, sh in zip(conns, shares, strict=True)))
+        sent_events = sum(counts)
     t_last = time.time()
     for conn in conns:
         await conn.writer.drain()

@@ -254,6 +254,9 @@ events {{
 }}
 http {{
     access_log off;
+    # nginx closes a keep-alive connection after 1,000 requests by default; the
+    # publish-bound scenarios send 2,500 per connection, as long-lived app workers do.
+    keepalive_requests 1000000;
     client_body_temp_path {d}/tmp_body;
     proxy_temp_path {d}/tmp_proxy;
     fastcgi_temp_path {d}/tmp_fastcgi;

@@ -44,6 +44,10 @@ class WorkerSpec:
     sample_every: int  # every k-th connection records latency; 0 = none
     lifetime_s: float
     http10: bool = False
+    # With topics > 1, connection g (counted over all processes, from `first`)
+    # subscribes to topic `<path's topic><g % topics>`: one topic per subscriber.
+    topics: int = 1
+    first: int = 0
 
 
 class Counter(asyncio.Protocol):
@@ -135,12 +139,18 @@ async def _connect_all(
 ) -> tuple[list[Counter], int, float]:
     loop = asyncio.get_running_loop()
     version = b"1.0" if spec.http10 else b"1.1"
-    request = b"GET %s HTTP/%s\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n" % (
-        spec.path.encode(),
-        version,
-        spec.host.encode(),
-        spec.port,
-    )
+
+    def request(i: int) -> bytes:
+        path = spec.path
+        if spec.topics > 1:
+            path += str((spec.first + i) % spec.topics)
+        return b"GET %s HTTP/%s\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n\r\n" % (
+            path.encode(),
+            version,
+            spec.host.encode(),
+            spec.port,
+        )
+
     protos: list[Counter] = []
     for i in range(spec.count):
         sampled = spec.sample_every and i % spec.sample_every == 0
@@ -148,17 +158,17 @@ async def _connect_all(
     gate = asyncio.Semaphore(_CONCURRENT_CONNECTS)
     failures = 0
 
-    async def one(proto: Counter) -> None:
+    async def one(i: int, proto: Counter) -> None:
         nonlocal failures
         async with gate:
             try:
-                await asyncio.wait_for(_connect_one(loop, spec, proto, request), 30)
+                await asyncio.wait_for(_connect_one(loop, spec, proto, request(i)), 30)
             except (TimeoutError, OSError, ConnectionError):
                 failures += 1
                 proto.closed = True
 
     started = time.monotonic()
-    await asyncio.gather(*(one(p) for p in protos))
+    await asyncio.gather(*(one(i, p) for i, p in enumerate(protos)))
     return protos, failures, time.monotonic() - started
 
 

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real programs the integration tests start (Debian packages).
-DEBIAN_PACKAGES=(nginx libnginx-mod-nchan chromium chromium-driver redis-server)
+# curl: the control-socket tests drive it as a user would (Expect: 100-continue).
+DEBIAN_PACKAGES=(nginx libnginx-mod-nchan chromium chromium-driver redis-server curl)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -31,14 +31,16 @@ def test_smoke_loses_nothing(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     rows = report["results"]
     fanout = [r for r in rows if r["server"] == "fanout"]
-    assert {r["scenario"] for r in fanout} == {"smoke", "smoke-ndjson"}
+    assert {r["scenario"] for r in fanout} == {"smoke", "smoke-ndjson", "smoke-topics"}
     for row in rows:
         assert row["connected"] == row["subs"], row
-        assert row["expected"] == row["subs"] * row["events"] > 0, row
+        # One subscriber per topic in smoke-topics: each event reaches subs / topics.
+        assert row["expected"] == row["subs"] * row["events"] // row["topics"] > 0, row
         assert row["delivered"] == row["expected"], row
         assert row["closed"] == 0, row
         assert row["lost_all_runs"] == 0, row
         assert not row["publish_errors"], row
         assert row["latency_samples"] > 0, row
+        assert row["cpu_us_per_publish"] is not None, row
     if Nchan.available():
         assert any(r["server"] == "nchan" for r in rows)

@@ -20,6 +20,9 @@ from tests.unit.test_hub import Clock, FakeTransport
 
 
 class PeerTransport(FakeTransport):
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else default
 

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fanout import sse
 
@@ -73,3 +75,19 @@ def test_stream_heads():
         assert b"Content-Type: text/event-stream" in head
         assert b"Cache-Control: no-cache" in head
         assert b"X-Accel-Buffering: no" in head
+
+
+@given(
+    data=st.binary(max_size=64),
+    id=st.text(max_size=12),
+    event=st.text(max_size=12),
+)
+def test_the_one_line_fast_path_is_the_general_encoding(data, id, event):
+    # The id + event + one data line shape takes a shortcut; it must be byte-exact.
+    try:
+        expected = sse._field("id", id) + sse._field("event", event) + sse.encode_event(data)
+    except sse.FrameError:
+        with pytest.raises(sse.FrameError):
+            sse.encode_event(data, id=id, event=event)
+        return
+    assert sse.encode_event(data, id=id, event=event) == expected
