@@ -49,8 +49,10 @@ class Core:
         """Assign the next id here, then retain and deliver."""
         seq = self.ids.next()
         self.stats.published += 1
-        sent = self.ingest(route, seq, self.ids.frame(seq, event, payload))
-        return Delivery(self.ids.id(seq), sent, self.hub.connections)
+        event_id = self.ids.id(seq)
+        frame = sse.Frame(sse.encode_event(payload, id=event_id, event=event))
+        sent = self.ingest(route, seq, frame)
+        return Delivery(event_id, sent, self.hub.connections)
 
     def ingest(self, route: Route, seq: int, frame: sse.Frame, live: bool = True) -> int:
         """Retain and deliver an event whose id was assigned elsewhere (or here).

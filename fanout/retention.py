@@ -112,6 +112,8 @@ class Retention:
     # -- reading ----------------------------------------------------------------
 
     def is_latest_value(self, topic: str) -> bool:
+        if not self._patterns:
+            return False
         known = self._is_latest.get(topic)
         if known is None:
             if len(self._is_latest) >= _MATCH_CACHE:

@@ -7,8 +7,7 @@ backplane's backfill from the shared stream, and the registry's counts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Kind = Literal["topic", "user", "all", "conn"]
 # A retention/delivery channel: ("topic", name), ("user", id) or ("all", "").
@@ -16,9 +15,9 @@ Key = tuple[str, str]
 ALL: Key = ("all", "")
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A topic, a user (optionally only on one topic), everyone, or one connection."""
+class Route(NamedTuple):
+    """A topic, a user (optionally only on one topic), everyone, or one connection.
+    A NamedTuple: one is built per publish, and it is the cheapest immutable record."""
 
     kind: Kind
     key: str  # topic name, user id, "" for all, connection id
@@ -62,8 +61,7 @@ def publish_route(topic: str, user: str | None) -> Route:
     return Route("topic", topic) if user is None else Route("user", user, topic)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A publish's answer. `sent`, in every mode: the connections of this daemon (all
     its workers) the event was addressed to when it was published. `total`: this
     daemon's open connections then (a broadcast reaches all of them)."""
