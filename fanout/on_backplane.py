@@ -21,6 +21,17 @@ from .sse import Frame
 log = logging.getLogger("fanout.backplane")
 
 
+async def start(backplane: Backplane) -> None:
+    """First, in either composition: the epoch and the recent events come from Redis
+    and must be in place before the first subscriber or publisher is let in."""
+    from .daemon import StartupError
+
+    try:
+        await backplane.start()
+    except Unavailable as exc:
+        raise StartupError(str(exc)) from None
+
+
 class CoreSink:
     """A daemon with subscribers of its own reads the stream into its Core."""
 

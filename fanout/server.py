@@ -80,14 +80,9 @@ class Server:
 
     async def start(self) -> None:
         if self.backplane is not None:
-            # First: the epoch and the recent events come from Redis, and must be
-            # in place before the first subscriber or publisher is let in.
-            from .backplane import Unavailable
+            from . import on_backplane
 
-            try:
-                await self.backplane.start()
-            except Unavailable as exc:
-                raise StartupError(str(exc)) from None
+            await on_backplane.start(self.backplane)
         check_open_files(self.daemon.config.limits.max_connections)
         await self.streams.listen()
         config = self.daemon.config

@@ -132,12 +132,9 @@ class Supervisor:
 
     async def start(self) -> None:
         if self.backplane is not None:
-            from .backplane import Unavailable
+            from . import on_backplane
 
-            try:
-                await self.backplane.start()
-            except Unavailable as exc:
-                raise StartupError(str(exc)) from None
+            await on_backplane.start(self.backplane)
         # Each worker holds its share; they inherit the limit raised here.
         check_open_files(self.daemon.config.limits.max_connections, self.count)
         for listener in self.daemon.config.listener:
